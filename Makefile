@@ -1,0 +1,28 @@
+# Two entry points (README): `make repro` runs the pipeline, `make test` the tests.
+# Both create the virtual environment first if it is missing or out of date.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := true
+export GX_ANALYTICS_ENABLED := false
+export PYSPARK_PYTHON := $(BIN)/python
+
+.PHONY: repro test bench env
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+repro: env
+	dvc repro
+
+test: env
+	python -m pytest -n 2 tests
+
+bench: env
+	python -m benchmarks.survey_throughput
