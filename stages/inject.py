@@ -1,0 +1,115 @@
+"""DVC stage `inject@<generation>`: positives and their paired controls for one generation.
+
+Reads the survey (data/survey) and the split assignment; writes
+``data/inject/<generation>/region_split=<split>/part-NNNNN.parquet`` (native
+layout, controls and positives) and ``metrics/<generation>/inject.json``.
+Two passes over the survey shards when the generation targets an arc-S/N
+distribution (candidate S/N, then injection), one otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from darkhalo.dataset import Chunk, read_table, stamps_of, write_parquet
+from darkhalo.injection import (InjectConfig, candidate_snrs, engine_settings, fit_acceptance, generation_spec,
+                                inject_parents, summarise_injection)
+from darkhalo.outputs import atomic_dir, write_json
+from darkhalo.parallel import map_shards
+from darkhalo.params import load_params
+from darkhalo.stamps import PIXEL_COLUMNS
+from darkhalo.survey import survey_config
+
+
+SPLITS = ("train", "val", "test")
+
+
+def load_assignment(path: str) -> pa.Table:
+    """Split assignment rows usable for training/evaluation (guard-band rows dropped), sorted by parent_id."""
+    table = read_table(path, columns=["parent_id", "region_split", "healpix_pixel"])
+    keep = np.isin(table.column("region_split").to_numpy(zero_copy_only=False), SPLITS)
+    return table.filter(pa.array(keep)).sort_by("parent_id")
+
+
+def parents_of_shard(survey_file: str, assignment: pa.Table, size: int):
+    """(catalogue with region_split/healpix_pixel, pixels) of the assigned parents of one survey file."""
+    table = pq.read_table(survey_file)
+    ids = table.column("parent_id").to_numpy()
+    assigned = assignment.column("parent_id").to_numpy()
+    pos = np.clip(np.searchsorted(assigned, ids), 0, max(len(assigned) - 1, 0))
+    hit = (assigned[pos] == ids) if len(assigned) else np.zeros(len(ids), bool)
+    table = table.filter(pa.array(hit))
+    stamps = stamps_of(Chunk(table, survey_file, 0), size)
+    catalogue = table.drop_columns(list(PIXEL_COLUMNS))
+    for name in ("region_split", "healpix_pixel"):
+        catalogue = catalogue.append_column(name, assignment.column(name).take(pa.array(pos[hit])))
+    return catalogue, stamps, int((~hit).sum())
+
+
+def first_pass(config: InjectConfig, survey_file: str, assignment: pa.Table) -> np.ndarray:
+    torch.set_num_threads(1)
+    catalogue, stamps, _ = parents_of_shard(survey_file, assignment, config.stamp_size)
+    return candidate_snrs(config, catalogue, stamps)
+
+
+def second_pass(config: InjectConfig, survey_file: str, assignment: pa.Table, snr, acceptance, shard: int,
+                out_dir: str) -> tuple[dict, pa.Table]:
+    torch.set_num_threads(1)
+    catalogue, stamps, unassigned = parents_of_shard(survey_file, assignment, config.stamp_size)
+    rows, stats = inject_parents(config, catalogue, stamps, snr, acceptance)
+    stats["unassigned_parents"] = unassigned
+    splits = rows.column("region_split").to_numpy(zero_copy_only=False)
+    for split in SPLITS:
+        part = rows.filter(pa.array(splits == split)).drop_columns(["region_split"])
+        if part.num_rows:
+            folder = Path(out_dir) / f"region_split={split}"
+            folder.mkdir(exist_ok=True)
+            write_parquet(part, folder / f"part-{shard:05d}.parquet", config.engine.row_group_rows)
+    summary_cols = [c for c in rows.column_names if c not in PIXEL_COLUMNS]
+    return stats, rows.select(summary_cols)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--generation", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--survey", default="data/survey")
+    parser.add_argument("--split", default="data/split/assignment.parquet")
+    parser.add_argument("--out", default=None, help="default data/inject/<generation>")
+    parser.add_argument("--metrics", default=None, help="default metrics/<generation>/inject.json")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    survey = survey_config(params, args.params)
+    config = InjectConfig(survey.seed, survey.stamp_size, engine_settings(params, args.params),
+                          generation_spec(params, args.generation, args.params))
+    out = args.out or f"data/inject/{args.generation}"
+    metrics = args.metrics or f"metrics/{args.generation}/inject.json"
+    assignment = load_assignment(args.split)
+    files = sorted(str(p) for p in Path(args.survey).glob("part-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{args.survey}: no survey shards (part-*.parquet)")
+    workers = config.engine.workers
+    target = config.generation.arc_snr_target
+    snrs, acceptance = [None] * len(files), None
+    if target is not None:
+        snrs = map_shards(first_pass, [(config, f, assignment) for f in files], workers,
+                          desc=f"inject@{args.generation} candidates")
+        acceptance = fit_acceptance(np.concatenate(snrs), target, config.engine.acceptance_bins,
+                                    config.engine.acceptance_cap_quantile)
+    with atomic_dir(out) as tmp:
+        results = map_shards(second_pass, [(config, f, assignment, snrs[i], acceptance, i, str(tmp))
+                                           for i, f in enumerate(files)], workers,
+                             desc=f"inject@{args.generation}")
+    rows = pa.concat_tables([r[1] for r in results])
+    counts = {k: sum(r[0][k] for r in results) for k in results[0][0]}
+    all_snr = np.concatenate(snrs) if target is not None else None
+    write_json(metrics, summarise_injection(config, rows, counts, all_snr, acceptance))
+
+
+if __name__ == "__main__":
+    main()
