@@ -78,3 +78,41 @@ def redraw_arc(row: dict, stamp_size: int = 64, supersample: int | None = None) 
                            kwargs_numerics={"supersampling_factor": ss, "supersampling_convolution": False})
         out[j] = model.image(kwargs_lens=lens_kwargs(row), kwargs_source=kwargs)
     return out
+
+
+def random_arc_rows(n: int, rng: np.random.Generator, n_clumps: int = 0) -> list[dict]:
+    """Random SIE+shear+Sersic(+clumps) parameter sets, as injection rows."""
+    rows = []
+    for i in range(n):
+        theta_e = rng.uniform(0.262, 2.5)
+        row = dict(theta_e_arcsec=theta_e, lens_q=rng.uniform(0.4, 1.0), lens_phi_rad=rng.uniform(0, np.pi),
+                   lens_x_arcsec=rng.uniform(-0.13, 0.13), lens_y_arcsec=rng.uniform(-0.13, 0.13),
+                   shear=rng.uniform(0, 0.12), shear_phi_rad=rng.uniform(0, np.pi),
+                   src_reff_arcsec=rng.uniform(0.05, 0.4), src_n_sersic=rng.uniform(0.5, 4.0),
+                   src_q=rng.uniform(0.3, 1.0), src_phi_rad=rng.uniform(0, np.pi), moffat_beta=3.5, supersample=4)
+        r, a = theta_e * rng.uniform(0, 0.8), rng.uniform(0, 2 * np.pi)
+        row["src_x_arcsec"] = row["lens_x_arcsec"] + r * np.cos(a)
+        row["src_y_arcsec"] = row["lens_y_arcsec"] + r * np.sin(a)
+        for band in "grz":
+            row[f"src_flux_nmgy_{band}"] = rng.uniform(0.1, 5.0)
+            row[f"psf_fwhm_used_{band}"] = rng.uniform(0.9, 1.8)
+            flux = rng.uniform(0, 0.1, n_clumps) * row[f"src_flux_nmgy_{band}"]
+            row[f"src_clump_flux_nmgy_{band}"] = list(flux)
+        row["src_clump_dx_arcsec"] = list(rng.normal(0, 0.2, n_clumps))
+        row["src_clump_dy_arcsec"] = list(rng.normal(0, 0.2, n_clumps))
+        row["src_clump_sigma_arcsec"] = list(rng.uniform(0.02, 0.06, n_clumps))
+        rows.append(row)
+    # edge cases: q -> 1 with no shear, theta_E of one pixel, source exactly on the (point) caustic,
+    # large shear, tiny round source
+    rows[0].update(lens_q=1.0, shear=0.0)
+    rows[1].update(lens_q=0.999999, theta_e_arcsec=PIXEL_SCALE_ARCSEC)
+    rows[2].update(src_x_arcsec=rows[2]["lens_x_arcsec"], src_y_arcsec=rows[2]["lens_y_arcsec"], lens_q=1.0, shear=0.0)
+    rows[3].update(src_x_arcsec=rows[3]["lens_x_arcsec"], src_y_arcsec=rows[3]["lens_y_arcsec"])
+    rows[4].update(shear=0.3)
+    rows[5].update(src_reff_arcsec=0.05, src_q=1.0, src_n_sersic=1.0)
+    return rows
+
+
+def rows_to_columns(rows: list[dict]) -> dict:
+    """Rows -> {column: array} as render_columns takes them."""
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]}

@@ -8,52 +8,15 @@ from scipy import integrate
 
 from darkhalo.injection import render_columns
 from darkhalo.lensing import RenderSettings, sersic_unit_sb
-from darkhalo.lenstronomy_reference import redraw_arc
+from darkhalo.lenstronomy_reference import random_arc_rows, redraw_arc, rows_to_columns
 from darkhalo.profiles import sersic_sb_at_reff
 from darkhalo.units import PIXEL_SCALE_ARCSEC
 
 
-def random_rows(n: int, rng: np.random.Generator, n_clumps: int = 0) -> list[dict]:
-    """Random SIE+shear+Sersic(+clumps) parameter sets, as injection rows."""
-    rows = []
-    for i in range(n):
-        theta_e = rng.uniform(0.262, 2.5)
-        row = dict(theta_e_arcsec=theta_e, lens_q=rng.uniform(0.4, 1.0), lens_phi_rad=rng.uniform(0, np.pi),
-                   lens_x_arcsec=rng.uniform(-0.13, 0.13), lens_y_arcsec=rng.uniform(-0.13, 0.13),
-                   shear=rng.uniform(0, 0.12), shear_phi_rad=rng.uniform(0, np.pi),
-                   src_reff_arcsec=rng.uniform(0.05, 0.4), src_n_sersic=rng.uniform(0.5, 4.0),
-                   src_q=rng.uniform(0.3, 1.0), src_phi_rad=rng.uniform(0, np.pi), moffat_beta=3.5, supersample=4)
-        r, a = theta_e * rng.uniform(0, 0.8), rng.uniform(0, 2 * np.pi)
-        row["src_x_arcsec"] = row["lens_x_arcsec"] + r * np.cos(a)
-        row["src_y_arcsec"] = row["lens_y_arcsec"] + r * np.sin(a)
-        for band in "grz":
-            row[f"src_flux_nmgy_{band}"] = rng.uniform(0.1, 5.0)
-            row[f"psf_fwhm_used_{band}"] = rng.uniform(0.9, 1.8)
-            flux = rng.uniform(0, 0.1, n_clumps) * row[f"src_flux_nmgy_{band}"]
-            row[f"src_clump_flux_nmgy_{band}"] = list(flux)
-        row["src_clump_dx_arcsec"] = list(rng.normal(0, 0.2, n_clumps))
-        row["src_clump_dy_arcsec"] = list(rng.normal(0, 0.2, n_clumps))
-        row["src_clump_sigma_arcsec"] = list(rng.uniform(0.02, 0.06, n_clumps))
-        rows.append(row)
-    # edge cases: q -> 1 with no shear, theta_E of one pixel, source exactly on the (point) caustic,
-    # large shear, tiny round source
-    rows[0].update(lens_q=1.0, shear=0.0)
-    rows[1].update(lens_q=0.999999, theta_e_arcsec=PIXEL_SCALE_ARCSEC)
-    rows[2].update(src_x_arcsec=rows[2]["lens_x_arcsec"], src_y_arcsec=rows[2]["lens_y_arcsec"], lens_q=1.0, shear=0.0)
-    rows[3].update(src_x_arcsec=rows[3]["lens_x_arcsec"], src_y_arcsec=rows[3]["lens_y_arcsec"])
-    rows[4].update(shear=0.3)
-    rows[5].update(src_reff_arcsec=0.05, src_q=1.0, src_n_sersic=1.0)
-    return rows
-
-
-def columns(rows: list[dict]) -> dict:
-    return {k: np.array([r[k] for r in rows]) for k in rows[0]}
-
-
 @pytest.mark.parametrize("n_clumps,n_rows,seed", [(0, 150, 1), (2, 60, 2)])
 def test_engine_matches_lenstronomy(n_clumps, n_rows, seed):
-    rows = random_rows(n_rows, np.random.default_rng(seed), n_clumps)
-    ours, _ = render_columns(columns(rows), RenderSettings(supersample=4))
+    rows = random_arc_rows(n_rows, np.random.default_rng(seed), n_clumps)
+    ours, _ = render_columns(rows_to_columns(rows), RenderSettings(supersample=4))
     worst_peak, worst_flux = 0.0, 0.0
     for row, arc in zip(rows, ours):
         ref = redraw_arc(row)
@@ -81,7 +44,7 @@ def test_surface_brightness_units():
                src_phi_rad=0.0, **{f"src_flux_nmgy_{b}": flux for b in "grz"},
                **{f"psf_fwhm_used_{b}": 1.0 for b in "grz"})
     settings = RenderSettings(supersample=8, refine_rel=0.0)
-    arcs, lensed = render_columns(columns([row]), settings)
+    arcs, lensed = render_columns(rows_to_columns([row]), settings)
     assert lensed[0] == pytest.approx([flux * 0.9999] * 3, rel=2e-3)  # all but the far wings land in the stamp
 
 
@@ -111,14 +74,14 @@ def test_lensed_flux_equals_jacobian_magnification(theta_e, offset, reff, n):
                shear_phi_rad=0.0, src_x_arcsec=offset, src_y_arcsec=0.0, src_reff_arcsec=reff, src_n_sersic=n,
                src_q=1.0, src_phi_rad=0.0, **{f"src_flux_nmgy_{b}": 1.0 for b in "grz"},
                **{f"psf_fwhm_used_{b}": 1.2 for b in "grz"})
-    _, lensed = render_columns(columns([row]), RenderSettings(supersample=8))
+    _, lensed = render_columns(rows_to_columns([row]), RenderSettings(supersample=8))
     expected = sis_extended_magnification(theta_e, offset, reff, n)
     assert lensed[0, 1] == pytest.approx(expected, rel=0.01)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 def test_cuda_matches_cpu():
-    rows = random_rows(32, np.random.default_rng(5), 2)
-    cpu, _ = render_columns(columns(rows), RenderSettings(), device="cpu")
-    gpu, _ = render_columns(columns(rows), RenderSettings(), device="cuda")
+    rows = random_arc_rows(32, np.random.default_rng(5), 2)
+    cpu, _ = render_columns(rows_to_columns(rows), RenderSettings(), device="cpu")
+    gpu, _ = render_columns(rows_to_columns(rows), RenderSettings(), device="cuda")
     assert np.abs(cpu - gpu).max() <= 1e-4 * np.abs(cpu).max()
