@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import norm
+from scipy.stats import t as student_t
 
 
 def wilson_interval(successes, trials, confidence: float = 0.95):
@@ -31,3 +32,24 @@ def percentiles(values, q=(5, 25, 50, 75, 95)) -> dict:
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     return {f"p{p}": (float(np.percentile(v, p)) if len(v) else float("nan")) for p in q}
+
+
+def mean_with_interval(values, confidence: float = 0.95) -> dict:
+    """{'mean', 'lo', 'hi', 'sd', 'n'}: sample mean with a Student-t interval, mean ± t·sd/√n.
+
+    ``sd`` is the sample standard deviation (ddof = 1). NaN mean when n = 0, NaN interval
+    when n < 2. Non-finite values raise ValueError (they are not silently dropped).
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    bad = int(np.count_nonzero(~np.isfinite(v)))
+    if bad:
+        raise ValueError(f"values: {bad} of {v.size} entries are not finite")
+    n = int(v.size)
+    if n == 0:
+        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "sd": float("nan"), "n": 0}
+    mean = float(v.mean())
+    if n < 2:
+        return {"mean": mean, "lo": float("nan"), "hi": float("nan"), "sd": float("nan"), "n": n}
+    sd = float(v.std(ddof=1))
+    half = float(student_t.ppf(0.5 + confidence / 2.0, n - 1)) * sd / np.sqrt(n)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "sd": sd, "n": n}
