@@ -12,17 +12,19 @@ export PYSPARK_PYTHON := $(BIN)/python
 
 env: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt Makefile
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	# lenscat's own dependencies (ligo.skymap, lalsuite) are not needed: we read its CSV only
+	$(BIN)/python -m pip install --quiet --no-deps lenscat==1.1.3
 	touch $@
 
 repro: env
 	dvc repro
 
 test: env
-	python -m pytest -n 2 tests
+	python -m pytest -n 2 --dist loadfile tests
 
 bench: env
 	python -m benchmarks.survey_throughput

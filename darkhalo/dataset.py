@@ -123,3 +123,20 @@ def write_hive(table: pa.Table, root: str | Path, partition_cols: list[str], row
                      max_rows_per_group=row_group_rows, min_rows_per_group=0,
                      file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
                      existing_data_behavior="error")
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 of a file, or of a directory's files (relative paths and bytes, in path order)."""
+    import hashlib
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{path}: nothing to hash")
+    for f in files:
+        digest.update(str(f.relative_to(path) if f != path else f.name).encode())
+        with open(f, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

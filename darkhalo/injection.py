@@ -22,6 +22,8 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import torch
 
 from .lensing import CLUMP_KEYS, LENS_KEYS, SOURCE_KEYS, RenderSettings, render_arcs
+from .parallel import ENGINE_RULE
+from .normalize import core_mask
 from .params import FRACTION, NON_NEGATIVE, POSITIVE, ParamError, build, section
 from .priors import Prior, PriorSet, parse_prior
 from .rng import stream_id
@@ -53,6 +55,7 @@ class EngineSettings:
     acceptance_bins: int = 24
     acceptance_cap_quantile: float = 0.95
     row_group_rows: int = 256
+    engine: str = "local"  # where shards run: local (process pool) | spark (darkhalo/parallel.py)
 
 
 ENGINE_RULES = {
@@ -60,6 +63,7 @@ ENGINE_RULES = {
     "refine_rel": FRACTION, "core_radius_pix": POSITIVE, "batch_size": POSITIVE, "workers": POSITIVE,
     "device": (lambda v: v in ("cpu", "cuda", "auto"), "must be cpu, cuda or auto"),
     "acceptance_bins": POSITIVE, "acceptance_cap_quantile": FRACTION, "row_group_rows": POSITIVE,
+    "engine": ENGINE_RULE,
 }
 
 
@@ -101,23 +105,34 @@ def generation_spec(params: dict, name: str, path: str) -> GenerationSpec:
     gens = section(params, "generations", path)
     if name not in gens or not isinstance(gens[name], dict):
         raise ParamError(f"{path}: generations.{name} is not defined (have: {', '.join(gens)})")
-    gen = gens[name]
-    where = f"{path}: generations.{name}"
     defaults = section(params, "inject", path).get("default_priors") or {}
-    merged = {**defaults, **(gen.get("priors") or {})}
-    priors = PriorSet.from_specs(merged, f"{path}: inject.default_priors + generations.{name}.priors", PRIOR_NAMES)
-    target = gen.get("arc_snr_target")
+    return injection_spec(name, gens[name], defaults, f"generations.{name}", path)
+
+
+def benchmark_spec(params: dict, path: str) -> GenerationSpec:
+    """The frozen benchmark's injection design (``benchmark.injection``): complete in itself, so that no
+    generation's params (nor ``inject.default_priors``) can change it."""
+    spec = section(section(params, "benchmark", path), "injection", path)
+    return injection_spec("benchmark", spec, {}, "benchmark.injection", path)
+
+
+def injection_spec(name: str, spec: dict, default_priors: dict, key: str, path: str) -> GenerationSpec:
+    """GenerationSpec from a mapping with priors / n_clumps / arc_snr_target / n_candidates / replicates."""
+    where = f"{path}: {key}"
+    merged = {**default_priors, **(spec.get("priors") or {})}
+    priors = PriorSet.from_specs(merged, f"{path}: {key}.priors (+ inject.default_priors)", PRIOR_NAMES)
+    target = spec.get("arc_snr_target")
     target_prior = None
     if target is not None:
         target_prior = parse_prior("arc_snr_target", target, where)
         if target_prior.kind not in ("uniform", "log_uniform"):
             raise ParamError(f"{where}.arc_snr_target: must be uniform or log_uniform")
     ints = {}
-    for key, default, minimum in (("n_clumps", 0, 0), ("n_candidates", 1, 1), ("replicates", 1, 1)):
-        value = gen.get(key, default)
+    for k, default, minimum in (("n_clumps", 0, 0), ("n_candidates", 1, 1), ("replicates", 1, 1)):
+        value = spec.get(k, default)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ParamError(f"{where}.{key} = {value!r}: must be an integer >= {minimum}")
-        ints[key] = value
+            raise ParamError(f"{where}.{k} = {value!r}: must be an integer >= {minimum}")
+        ints[k] = value
     if target_prior is None and ints["n_candidates"] != 1:
         raise ParamError(f"{where}.n_candidates = {ints['n_candidates']}: needs an arc_snr_target")
     return GenerationSpec(name, priors, ints["n_clumps"], target_prior, ints["n_candidates"], ints["replicates"])
@@ -163,7 +178,8 @@ def draw_candidates(config: InjectConfig, parents: dict, parent_rows: np.ndarray
                 clumps["clump_dy_arcsec"].append(rng.normal(0, v["src_reff_arcsec"], k))
                 clumps["clump_sigma_arcsec"].append(np.full(k, v["clump_sigma_arcsec"]))
                 clumps["clump_share"].append(share)
-    cands = {k: np.asarray(v) for k, v in out.items()}
+    ints = {"row", "replicate", "attempt", "config_id", "task_seed64"}
+    cands = {k: np.asarray(v, dtype=np.int64 if k in ints else np.float64) for k, v in out.items()}
     for k, v in clumps.items():
         cands[k] = np.asarray(v, dtype=np.float64).reshape(len(cands["row"]), gen.n_clumps)
     # Fluxes: src_dmag is the unlensed source r mag minus the LRG's observed r mag.
@@ -199,6 +215,8 @@ def render_columns(cols: dict, settings: RenderSettings, device: str = "cpu",
     dev = _device(device)
     f32 = dict(dtype=torch.float32, device=dev)
     n = len(cols["theta_e_arcsec"])
+    if n == 0:
+        return np.zeros((0, 3, settings.stamp_size, settings.stamp_size), np.float32), np.zeros((0, 3), np.float32)
     k = np.asarray(cols.get("src_clump_dx_arcsec", np.zeros((n, 0)))).reshape(n, -1).shape[1]
     clump_flux = np.stack([np.asarray(cols[f"src_clump_flux_nmgy_{b}"], np.float64).reshape(n, k)
                            for b in BANDS], axis=2) if k else np.zeros((n, 0, 3))
@@ -208,20 +226,18 @@ def render_columns(cols: dict, settings: RenderSettings, device: str = "cpu",
     arcs_out, lensed_out = [], []
     for start in range(0, n, batch_size):
         sl = slice(start, start + batch_size)
-        p = {key: torch.as_tensor(np.asarray(cols[key], np.float64)[sl], **f32) for key in LENS_KEYS + SOURCE_KEYS}
+        p = {key: torch.tensor(np.asarray(cols[key], np.float64)[sl], **f32) for key in LENS_KEYS + SOURCE_KEYS}
         p["src_flux_nmgy"] = torch.as_tensor(sersic_flux[sl], **f32)
         p["psf_fwhm_arcsec"] = torch.as_tensor(fwhm[sl], **f32)
         clumps = None
         if k:
             for key in CLUMP_KEYS:
-                p[key] = torch.as_tensor(np.asarray(cols[f"src_{key}"], np.float64).reshape(n, k)[sl], **f32)
+                p[key] = torch.tensor(np.asarray(cols[f"src_{key}"], np.float64).reshape(n, k)[sl], **f32)
             clumps = torch.as_tensor(clump_flux[sl], **f32)
         with torch.no_grad():
             arcs, lensed = render_arcs(p, settings, clumps)
         arcs_out.append(arcs.cpu().numpy())
         lensed_out.append(lensed.cpu().numpy())
-    if not arcs_out:
-        return np.zeros((0, 3, settings.stamp_size, settings.stamp_size), np.float32), np.zeros((0, 3), np.float32)
     return np.concatenate(arcs_out), np.concatenate(lensed_out)
 
 
@@ -322,13 +338,6 @@ def ks_distance_to_target(snr: np.ndarray, target: Prior) -> float:
     return float(max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n)))
 
 
-def core_mask(size: int, radius_pix: float) -> np.ndarray:
-    """Pixels within ``radius_pix`` of the stamp centre ((size-1)/2, (size-1)/2)."""
-    yy, xx = np.mgrid[:size, :size]
-    c = (size - 1) / 2.0
-    return np.hypot(yy - c, xx - c) < radius_pix
-
-
 def arc_photon_noise(config: InjectConfig, arcs: np.ndarray, invvar: np.ndarray, good: np.ndarray,
                      seeds: np.ndarray) -> np.ndarray:
     """Gaussian approximation to the arc's own photon noise, (N, 3, S, S) nmgy.
@@ -344,7 +353,8 @@ def arc_photon_noise(config: InjectConfig, arcs: np.ndarray, invvar: np.ndarray,
     gain = sky_nmgy_pix[None, :, None, None] * iv  # sky / sigma^2
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma = np.where(good & (gain > 0), np.sqrt(np.maximum(arcs, 0.0) / np.where(gain > 0, gain, 1.0)), 0.0)
-    normal = np.stack([np.random.default_rng([int(s), 2]).standard_normal(arcs.shape[1:]) for s in seeds])
+    normal = np.stack([np.random.default_rng([int(s), 2]).standard_normal(arcs.shape[1:]) for s in seeds]) \
+        if len(seeds) else np.zeros_like(arcs)
     return (sigma * normal).astype(np.float32)
 
 
@@ -371,7 +381,7 @@ def choose_candidates(config: InjectConfig, cands: dict, snr: np.ndarray | None,
         return np.arange(n_tasks) * k
     prob = acceptance(snr).reshape(n_tasks, k)
     seeds = cands["task_seed64"].reshape(n_tasks, k)[:, 0]
-    u = np.stack([np.random.default_rng([int(s), 1]).uniform(size=k) for s in seeds])
+    u = np.stack([np.random.default_rng([int(s), 1]).uniform(size=k) for s in seeds]) if n_tasks else np.zeros((0, k))
     ok = u < prob
     first = np.where(ok.any(axis=1), ok.argmax(axis=1), -1)
     return np.where(first >= 0, np.arange(n_tasks) * k + first, -1)

@@ -17,6 +17,7 @@ import pyarrow as pa
 from scipy.signal import fftconvolve
 
 from . import footprint, population
+from .parallel import ENGINE_RULE
 from .params import FRACTION, ParamError, NON_NEGATIVE, POSITIVE, build, section
 from .profiles import render_sersic
 from .psf import moffat_image, moffat_kernels, noise_equivalent_area_pix
@@ -48,6 +49,7 @@ class SurveyConfig:
     row_group_rows: int = 256
     workers: int = 2
     noise: bool = True  # False renders noiseless stamps (audits and physics tests)
+    engine: str = "local"  # where shards run: local (process pool) | spark (darkhalo/parallel.py)
 
 
 SURVEY_RULES = {
@@ -56,6 +58,7 @@ SURVEY_RULES = {
     "galaxy_density_r22_per_deg2": NON_NEGATIVE, "star_density_r22_per_deg2": NON_NEGATIVE,
     "masked_stamp_frac": FRACTION, "nan_stamp_frac": FRACTION, "missing_band_frac": FRACTION,
     "defect_cutout_ok_frac": FRACTION, "shard_rows": POSITIVE, "row_group_rows": POSITIVE, "workers": POSITIVE,
+    "engine": ENGINE_RULE,
 }
 
 
@@ -75,9 +78,18 @@ def sky_patches(config: SurveyConfig) -> np.ndarray:
     return footprint.footprint_patches(config.n_sky_patches, keyed_rng(config.seed, "footprint"))
 
 
-def _draw_parent(config: SurveyConfig, patches: np.ndarray, parent_id: int, rng: np.random.Generator) -> dict:
-    """Catalogue-level draws of one parent (everything but pixels)."""
+def draw_site(patches: np.ndarray, parent_id: int, rng: np.random.Generator) -> dict:
+    """Where and how a cutout was observed: sky position in one of ``patches``, brick,
+    depth mode, seeing (FWHM arcsec), depth (nmgy^-2), E(B-V) and MW transmission.
+
+    Shared by every simulation of survey-like cutouts (survey parents, hard negatives).
+    """
     ra, dec = footprint.position_in_patch(patches[rng.integers(len(patches))], rng)
+    return draw_site_at(ra, dec, parent_id, rng)
+
+
+def draw_site_at(ra: float, dec: float, parent_id: int, rng: np.random.Generator) -> dict:
+    """``draw_site`` at a given position (deg), e.g. a known lens's catalogue position."""
     gal_b = float(footprint.galactic_latitude_deg(ra, dec))
     mode = footprint.depth_mode(ra, dec)
     row = {"parent_id": parent_id, "ra": ra, "dec": dec, "brickname": footprint.brickname(ra, dec),
@@ -85,18 +97,35 @@ def _draw_parent(config: SurveyConfig, patches: np.ndarray, parent_id: int, rng:
     row.update(population.draw_observing_conditions(rng, mode, gal_b))
     for band in BANDS:
         row[f"mw_transmission_{band}"] = float(mw_transmission(row["ebv"], band))
+    return row
+
+
+def draw_neighbours(config: SurveyConfig, rng: np.random.Generator, gal_b_deg: float) -> dict:
+    """Field galaxies and stars of one stamp at the survey's number-count densities."""
+    stamp_half_arcsec = 0.5 * config.stamp_size * PIXEL_SCALE_ARCSEC
+    return population.draw_neighbours(
+        rng, stamp_half_arcsec, gal_b_deg, config.galaxy_density_r22_per_deg2, config.star_density_r22_per_deg2)
+
+
+def _draw_parent(config: SurveyConfig, patches: np.ndarray, parent_id: int, rng: np.random.Generator) -> dict:
+    """Catalogue-level draws of one parent (everything but pixels)."""
+    row = draw_site(patches, parent_id, rng)
     row.update(population.draw_deflector(rng, row["ebv"]))
     half_pix = 0.5 * PIXEL_SCALE_ARCSEC
     row["lrg_x_arcsec"] = float(rng.uniform(-half_pix, half_pix))
     row["lrg_y_arcsec"] = float(rng.uniform(-half_pix, half_pix))
-    stamp_half_arcsec = 0.5 * config.stamp_size * PIXEL_SCALE_ARCSEC
-    row["_neighbours"] = population.draw_neighbours(
-        rng, stamp_half_arcsec, gal_b, config.galaxy_density_r22_per_deg2, config.star_density_r22_per_deg2)
+    row["_neighbours"] = draw_neighbours(config, rng, row["gal_b_deg"])
     return row
 
 
-def _render_noiseless(config: SurveyConfig, rows: list[dict]) -> np.ndarray:
-    """Noiseless PSF-convolved images (B, 3, S, S) in nmgy/pixel."""
+def render_noiseless(config: SurveyConfig, rows: list[dict], extra_pre_psf: np.ndarray | None = None) -> np.ndarray:
+    """Noiseless PSF-convolved images (B, 3, S, S) in nmgy/pixel.
+
+    ``extra_pre_psf`` (3, B, S, S), nmgy/pixel before the PSF, is added to the
+    extended light of each row before convolution (e.g. the lens-like features
+    of hard negatives); rows need the keys ``_draw_parent`` sets (``lrg_*`` of
+    the central galaxy, ``psfsize_*``, ``ebv``, ``_neighbours``).
+    """
     size, n_rows = config.stamp_size, len(rows)
     centre = (size - 1) / 2.0
     pre_psf = np.zeros((3, n_rows, size, size))
@@ -124,6 +153,8 @@ def _render_noiseless(config: SurveyConfig, rows: list[dict]) -> np.ndarray:
         shapes = render_sersic(np.ones(len(owner)), *params.T, size, supersample=config.neighbour_supersample)
         for j, band in enumerate(BANDS):
             np.add.at(pre_psf[j], np.array(owner), shapes * np.array(fluxes[band])[:, None, None])
+    if extra_pre_psf is not None:
+        pre_psf += extra_pre_psf
     images = np.empty((n_rows, 3, size, size))
     for j, band in enumerate(BANDS):
         fwhm = np.array([r[f"psfsize_{band}"] for r in rows])
@@ -145,8 +176,8 @@ def _render_noiseless(config: SurveyConfig, rows: list[dict]) -> np.ndarray:
     return images
 
 
-def _add_noise_and_defects(config: SurveyConfig, row: dict, noiseless: np.ndarray,
-                           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def add_noise_and_defects(config: SurveyConfig, row: dict, noiseless: np.ndarray,
+                          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Noisy image, invvar and band-present flags of one stamp; fills defect columns of ``row``."""
     size = config.stamp_size
     image = np.empty((3, size, size), np.float32)
@@ -191,13 +222,22 @@ def simulate_parents(config: SurveyConfig, patches: np.ndarray, parent_ids: np.n
     """Cutouts of the given parents as a native-layout table (one row per parent)."""
     rngs = [keyed_rng(config.seed, "survey", int(pid)) for pid in parent_ids]
     rows = [_draw_parent(config, patches, int(pid), rng) for pid, rng in zip(parent_ids, rngs)]
-    noiseless = _render_noiseless(config, rows)
+    return observe(config, rows, rngs, render_noiseless(config, rows), CATALOGUE_FIELDS)
+
+
+def observe(config: SurveyConfig, rows: list[dict], rngs: list[np.random.Generator], noiseless: np.ndarray,
+            fields: list[pa.Field]) -> pa.Table:
+    """Noise, defects and catalogue finishing of rendered rows -> native-layout table.
+
+    ``noiseless`` (B, 3, S, S) nmgy/pixel; each row's stream in ``rngs`` draws
+    its noise and defects; the table has ``fields`` then the pixel columns.
+    """
     size = config.stamp_size
     images = np.empty((len(rows), 3, size, size), np.float32)
     invvars = np.empty_like(images)
     present = np.empty((len(rows), 3), bool)
     for i, (row, rng) in enumerate(zip(rows, rngs)):
-        images[i], invvars[i], present[i] = _add_noise_and_defects(config, row, noiseless[i], rng)
+        images[i], invvars[i], present[i] = add_noise_and_defects(config, row, noiseless[i], rng)
     for row in rows:
         neighbours = row.pop("_neighbours")
         row["sim_n_neighbour_galaxies"] = len(neighbours["galaxies"]["mag_r"])
@@ -205,11 +245,15 @@ def simulate_parents(config: SurveyConfig, patches: np.ndarray, parent_ids: np.n
         for band in BANDS:
             row[f"lrg_mag_{band}"] = float(mag_from_flux_nmgy(row[f"lrg_flux_nmgy_{band}"]))
         row.update(stamp_size=size, bandset="grz", ab_zp_nmgy=AB_ZP_NMGY)
-    table = pa.table({f.name: pa.array([r[f.name] for r in rows], type=f.type) for f in CATALOGUE_FIELDS})
+    table = pa.table({f.name: pa.array([r[f.name] for r in rows], type=f.type) for f in fields})
     batch = StampBatch(images, invvars, present, np.ones_like(present))
     for name, col in native_columns(batch).items():
         table = table.append_column(name, col)
     return table
+
+
+# Former private names, kept for callers written against them.
+_render_noiseless, _add_noise_and_defects = render_noiseless, add_noise_and_defects
 
 
 def _fields(spec: str, dtype: pa.DataType) -> list[pa.Field]:

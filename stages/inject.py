@@ -1,4 +1,7 @@
-"""DVC stage `inject@<generation>`: positives and their paired controls for one generation.
+"""DVC stages `inject@<generation>` and `benchmark_injections`: positives and their paired controls.
+
+``--generation NAME`` uses ``generations.NAME``; ``--benchmark`` uses the frozen
+benchmark's design (``benchmark.injection``, test split only).
 
 Reads the survey (data/survey) and the split assignment; writes
 ``data/inject/<generation>/region_split=<split>/part-NNNNN.parquet`` (native
@@ -9,7 +12,6 @@ distribution (candidate S/N, then injection), one otherwise.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,10 +19,11 @@ import pyarrow.parquet as pq
 import torch
 
 from darkhalo.dataset import Chunk, read_table, stamps_of, write_parquet
-from darkhalo.injection import (InjectConfig, candidate_snrs, engine_settings, fit_acceptance, generation_spec,
+from darkhalo.injection import (InjectConfig, benchmark_spec, candidate_snrs, engine_settings, fit_acceptance,
+                                generation_spec,
                                 inject_parents, summarise_injection)
-from darkhalo.outputs import atomic_dir, write_json
-from darkhalo.parallel import map_shards
+from darkhalo.outputs import write_json
+from darkhalo.parallel import join_uri, make_dirs, map_shards, part_files, shard_output
 from darkhalo.params import load_params
 from darkhalo.stamps import PIXEL_COLUMNS
 from darkhalo.survey import survey_config
@@ -29,10 +32,10 @@ from darkhalo.survey import survey_config
 SPLITS = ("train", "val", "test")
 
 
-def load_assignment(path: str) -> pa.Table:
-    """Split assignment rows usable for training/evaluation (guard-band rows dropped), sorted by parent_id."""
+def load_assignment(path: str, splits=SPLITS) -> pa.Table:
+    """Assignment rows of ``splits`` (guard-band rows never), sorted by parent_id."""
     table = read_table(path, columns=["parent_id", "region_split", "healpix_pixel"])
-    keep = np.isin(table.column("region_split").to_numpy(zero_copy_only=False), SPLITS)
+    keep = np.isin(table.column("region_split").to_numpy(zero_copy_only=False), list(splits))
     return table.filter(pa.array(keep)).sort_by("parent_id")
 
 
@@ -67,44 +70,49 @@ def second_pass(config: InjectConfig, survey_file: str, assignment: pa.Table, sn
     for split in SPLITS:
         part = rows.filter(pa.array(splits == split)).drop_columns(["region_split"])
         if part.num_rows:
-            folder = Path(out_dir) / f"region_split={split}"
-            folder.mkdir(exist_ok=True)
-            write_parquet(part, folder / f"part-{shard:05d}.parquet", config.engine.row_group_rows)
+            folder = join_uri(out_dir, f"region_split={split}")
+            make_dirs(folder)
+            write_parquet(part, join_uri(folder, f"part-{shard:05d}.parquet"), config.engine.row_group_rows)
     summary_cols = [c for c in rows.column_names if c not in PIXEL_COLUMNS]
     return stats, rows.select(summary_cols)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--generation", required=True)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--generation")
+    which.add_argument("--benchmark", action="store_true", help="the frozen benchmark (test split only)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--survey", default="data/survey")
     parser.add_argument("--split", default="data/split/assignment.parquet")
-    parser.add_argument("--out", default=None, help="default data/inject/<generation>")
-    parser.add_argument("--metrics", default=None, help="default metrics/<generation>/inject.json")
+    parser.add_argument("--out", default=None, help="default data/inject/<generation> or data/benchmark/injections")
+    parser.add_argument("--metrics", default=None, help="default metrics/<generation>/inject.json or "
+                                                        "metrics/benchmark/inject.json")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     survey = survey_config(params, args.params)
-    config = InjectConfig(survey.seed, survey.stamp_size, engine_settings(params, args.params),
-                          generation_spec(params, args.generation, args.params))
-    out = args.out or f"data/inject/{args.generation}"
-    metrics = args.metrics or f"metrics/{args.generation}/inject.json"
-    assignment = load_assignment(args.split)
-    files = sorted(str(p) for p in Path(args.survey).glob("part-*.parquet"))
+    spec = benchmark_spec(params, args.params) if args.benchmark else generation_spec(params, args.generation,
+                                                                                      args.params)
+    config = InjectConfig(survey.seed, survey.stamp_size, engine_settings(params, args.params), spec)
+    name = "benchmark" if args.benchmark else args.generation
+    out = args.out or ("data/benchmark/injections" if args.benchmark else f"data/inject/{name}")
+    metrics = args.metrics or f"metrics/{name}/inject.json"
+    assignment = load_assignment(args.split, ("test",) if args.benchmark else SPLITS)
+    files = part_files(args.survey)
     if not files:
         raise FileNotFoundError(f"{args.survey}: no survey shards (part-*.parquet)")
-    workers = config.engine.workers
+    workers, engine = config.engine.workers, config.engine.engine
     target = config.generation.arc_snr_target
     snrs, acceptance = [None] * len(files), None
     if target is not None:
         snrs = map_shards(first_pass, [(config, f, assignment) for f in files], workers,
-                          desc=f"inject@{args.generation} candidates")
+                          desc=f"inject@{name} candidates", engine=engine)
         acceptance = fit_acceptance(np.concatenate(snrs), target, config.engine.acceptance_bins,
                                     config.engine.acceptance_cap_quantile)
-    with atomic_dir(out) as tmp:
-        results = map_shards(second_pass, [(config, f, assignment, snrs[i], acceptance, i, str(tmp))
+    with shard_output(out, engine, workers) as tmp:
+        results = map_shards(second_pass, [(config, f, assignment, snrs[i], acceptance, i, tmp)
                                            for i, f in enumerate(files)], workers,
-                             desc=f"inject@{args.generation}")
+                             desc=f"inject@{name}", engine=engine)
     rows = pa.concat_tables([r[1] for r in results])
     counts = {k: sum(r[0][k] for r in results) for k in results[0][0]}
     all_snr = np.concatenate(snrs) if target is not None else None

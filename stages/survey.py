@@ -2,18 +2,18 @@
 
 Writes ``data/survey/part-NNNNN.parquet`` (native layout, one row per parent)
 and ``metrics/survey.json``.  Shards are pure functions of (params, shard
-index), rendered in a process pool.
+index), rendered on ``survey.engine``: a local process pool or Spark
+(``--out`` may then be an ``s3://`` / ``s3a://`` prefix).
 """
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
 from darkhalo.dataset import read_table, write_parquet
-from darkhalo.outputs import atomic_dir, write_json
-from darkhalo.parallel import map_shards
+from darkhalo.outputs import write_json
+from darkhalo.parallel import join_uri, map_shards, shard_output
 from darkhalo.params import load_params
 from darkhalo.survey import CATALOGUE_FIELDS, SurveyConfig, simulate_parents, sky_patches, summarise_survey, survey_config
 
@@ -23,7 +23,7 @@ def render_shard(config: SurveyConfig, patches: np.ndarray, shard: int, out_dir:
     first = shard * config.shard_rows
     ids = np.arange(first, min(first + config.shard_rows, config.n_parents), dtype=np.int64)
     table = simulate_parents(config, patches, ids)
-    write_parquet(table, Path(out_dir) / f"part-{shard:05d}.parquet", config.row_group_rows)
+    write_parquet(table, join_uri(out_dir, f"part-{shard:05d}.parquet"), config.row_group_rows)
     return table.num_rows
 
 
@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     config = survey_config(load_params(args.params), args.params)
     patches = sky_patches(config)
     n_shards = -(-config.n_parents // config.shard_rows)
-    with atomic_dir(args.out) as tmp:
-        map_shards(render_shard, [(config, patches, s, str(tmp)) for s in range(n_shards)],
-                   config.workers, desc="survey")
+    with shard_output(args.out, config.engine, config.workers) as tmp:
+        map_shards(render_shard, [(config, patches, s, tmp) for s in range(n_shards)],
+                   config.workers, desc="survey", engine=config.engine)
     catalogue = read_table(args.out, columns=[f.name for f in CATALOGUE_FIELDS])
     write_json(args.metrics, summarise_survey(catalogue))
 

@@ -34,6 +34,13 @@ def tiny_params(**survey_overrides) -> dict:
     params["survey"].update(TINY_SURVEY)
     params["survey"].update(survey_overrides)
     params["survey_gallery"]["n_stamps"] = 12
+    params["hard_negatives"].update(n_per_class=4, shard_rows=8, workers=1, gallery_per_class=2)
+    params["anchors"].update(max_per_set=2, gallery_per_tier=2)
+    params["inject"].update(workers=1, batch_size=16)
+    params["generations"]["gen5p"]["n_candidates"] = 4
+    params["benchmark"]["injection"]["n_candidates"] = 3
+    params["train"].update(epochs=1, batch_size=32, threads=1)
+    params["evaluate"].update(operating_fpr=0.2, batch_size=64)
     return params
 
 
@@ -51,3 +58,294 @@ def tiny_survey(tmp_path_factory) -> Path:
     params = write_params(root / "params.yaml", tiny_params())
     survey.main(["--params", str(params), "--out", str(root / "data"), "--metrics", str(root / "survey.json")])
     return root / "data"
+
+
+# --- Split and data-gate fixtures (issue 4) -------------------------------------------------
+# Test data construction, not mocks: a clean survey built by the real `survey` stage, split by
+# the real `split` stage, turned into an injection-like manifest (controls = survey stamps,
+# positives = the same stamps plus a synthetic arc) in the layout `inject@<generation>` writes.
+
+GATES_SURVEY = {"n_parents": 160, "n_sky_patches": 40, "shard_rows": 80, "row_group_rows": 32, "workers": 1,
+                "masked_stamp_frac": 0.2, "nan_stamp_frac": 0.0, "missing_band_frac": 0.0}
+# Tolerances suited to 160 parents (the defaults assume thousands): fractions move in steps of
+# one HEALPix cluster (~3% of parents here) and a held-out AUC of 640 stamps has sd ~0.02-0.03.
+GATES_TEST_PARAMS = {"split_fraction_tolerance": 0.06, "core_auc_tolerance": 0.08}
+SOURCE_COLOUR = {"g": 0.69, "r": 1.0, "z": 1.45}   # flux ratios to r of a g-r = r-z = 0.4 source (bluer than LRGs)
+
+
+def gates_params(**gates_overrides) -> dict:
+    """Repository params with the gates survey and test tolerances (gates_overrides on top)."""
+    params = tiny_params(**GATES_SURVEY)
+    params["gates"].update(GATES_TEST_PARAMS)
+    params["gates"].update(gates_overrides)
+    return params
+
+
+@pytest.fixture(scope="session")
+def gates_project(tmp_path_factory) -> Path:
+    """Directory holding params.yaml, a clean 160-parent survey (data/survey) and its split (data/split)."""
+    from stages import split, survey
+
+    root = tmp_path_factory.mktemp("gates")
+    params = write_params(root / "params.yaml", gates_params())
+    survey.main(["--params", str(params), "--out", str(root / "data" / "survey"),
+                 "--metrics", str(root / "metrics" / "survey.json")])
+    split.main(["--params", str(params), "--survey", str(root / "data" / "survey"),
+                "--out", str(root / "data" / "split" / "assignment.parquet"),
+                "--metrics", str(root / "metrics" / "split.json")])
+    return root
+
+
+def _ring(size: int, radius_pix: float, width_pix: float, phase_rad: float) -> "np.ndarray":
+    """Unit-sum arc-like ring (Gaussian in radius, brighter on one side) centred on the stamp centre."""
+    import numpy as np
+
+    c = (size - 1) / 2.0
+    yy, xx = np.mgrid[:size, :size]
+    r, theta = np.hypot(yy - c, xx - c), np.arctan2(yy - c, xx - c)
+    ring = np.exp(-0.5 * ((r - radius_pix) / width_pix) ** 2) * (1.0 + 0.8 * np.cos(theta - phase_rad))
+    return ring / ring.sum()
+
+
+def injection_table(project: Path, *, replicates: int = 2, ring_radius_pix: float = 10.0,
+                    ring_flux_frac: float = 0.3, core_boost: float = 0.0, core_radius_pix: float = 4.0,
+                    generation: str = "test"):
+    """Injection-like manifest table of a survey: per parent and replicate one control, one positive.
+
+    Positives add an arc-like ring of ``ring_flux_frac`` x the LRG's r flux at ``ring_radius_pix``
+    (blue colours); ``core_boost`` > 0 also adds a compact blue ring at 1.5 px carrying
+    ``core_boost`` x the control's r-band flux inside r < ``core_radius_pix`` (the planted
+    core-brightness shortcut).  Masked pixels (invvar = 0) stay 0; guard-band parents are dropped.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from darkhalo.dataset import Chunk, read_table, stamps_of
+    from darkhalo.normalize import core_mask
+    from darkhalo.stamps import PIXEL_COLUMNS, StampBatch, native_columns
+    from darkhalo.units import BANDS
+
+    survey = read_table(str(project / "data" / "survey")).sort_by("parent_id")
+    assignment = pq.read_table(project / "data" / "split" / "assignment.parquet").sort_by("parent_id")
+    assert survey.column("parent_id").equals(assignment.column("parent_id"))
+    keep = pa.array(np.asarray(assignment.column("region_split").to_pylist()) != "guard")
+    survey, assignment = survey.filter(keep), assignment.filter(keep)
+    size = int(survey.column("stamp_size")[0].as_py())
+    stamps = stamps_of(Chunk(survey, "survey", 0), size)
+    n = survey.num_rows
+    catalogue = survey.drop_columns(list(PIXEL_COLUMNS))
+    core = core_mask(size, core_radius_pix)
+    core_blob = _ring(size, 1.5, 1.2, 0.0)
+    rows, images, invvars, present, has_iv = [], [], [], [], []
+    for i in range(n):
+        lrg_r = catalogue.column("lrg_flux_nmgy_r")[i].as_py()
+        for rep in range(replicates):
+            arc_shape = _ring(size, ring_radius_pix, 1.2, 2.0 * np.pi * rep / max(replicates, 1))
+            arcs = np.stack([arc_shape * ring_flux_frac * lrg_r * SOURCE_COLOUR[b] for b in BANDS])
+            if core_boost > 0:
+                boost_r = core_boost * np.nansum(stamps.image[i, 1][core]) / core_blob[core].sum()
+                arcs += np.stack([core_blob * boost_r * SOURCE_COLOUR[b] for b in BANDS])
+            positive = stamps.image[i] + np.where(np.nan_to_num(stamps.invvar[i]) > 0, arcs, 0.0).astype(np.float32)
+            for is_control, image in ((1, stamps.image[i]), (0, positive)):
+                rows.append((i, rep, is_control, arcs))
+                images.append(image)
+                invvars.append(stamps.invvar[i])
+                present.append(stamps.present[i])
+                has_iv.append(stamps.has_invvar[i])
+    index = np.array([r[0] for r in rows])
+    replicate = np.array([r[1] for r in rows], np.int32)
+    is_control = np.array([r[2] for r in rows], np.int8)
+    table = catalogue.take(pa.array(index))
+    table = table.append_column("region_split", assignment.column("region_split").take(pa.array(index)))
+    table = table.append_column("healpix_pixel", assignment.column("healpix_pixel").take(pa.array(index)))
+    parent = table.column("parent_id").to_numpy()
+    table = table.append_column("generation", pa.array([generation] * len(rows), pa.string()))
+    table = table.append_column("task_id", pa.array((parent * replicates + replicate) * 2 + (1 - is_control)))
+    table = table.append_column("replicate", pa.array(replicate))
+    table = table.append_column("is_control", pa.array(is_control))
+    ctrl = is_control == 1
+    total = np.array([r[3].sum(axis=(1, 2)) for r in rows])
+    core_parent = np.array([np.nansum(images[2 * (k // 2)][:, core], axis=1) for k in range(len(rows))])
+    physics = {
+        "theta_e_arcsec": np.full(len(rows), ring_radius_pix * 0.262), "lens_q": np.full(len(rows), 0.8),
+        "lens_phi_rad": np.full(len(rows), 0.3), "shear": np.full(len(rows), 0.05),
+        "shear_phi_rad": np.full(len(rows), 1.0), "src_reff_arcsec": np.full(len(rows), 0.15),
+        **{f"src_flux_nmgy_{b}": total[:, j] / 5.0 for j, b in enumerate(BANDS)},
+        "src_dmag": np.full(len(rows), 1.5), "magnification": np.full(len(rows), 5.0),
+        "arc_snr": np.full(len(rows), 12.0), "arc_snr_aperture": np.full(len(rows), 9.0),
+        **{f"total_injected_flux_{b}": total[:, j] for j, b in enumerate(BANDS)},
+        "core_flux_ratio": np.array([r[3][1][core].sum() for r in rows]) / np.abs(core_parent[:, 1]),
+        **{f"psf_fwhm_used_{b}": table.column(f"psfsize_{b}").to_numpy() for b in BANDS},
+    }
+    for name, values in physics.items():
+        table = table.append_column(name, pa.array(np.asarray(values, np.float64), mask=ctrl))
+    table = table.append_column("task_seed64", pa.array(parent * 1000 + replicate, pa.int64(), mask=ctrl))
+    batch = StampBatch(np.stack(images), np.stack(invvars), np.stack(present), np.stack(has_iv))
+    for name, column in native_columns(batch).items():
+        table = table.append_column(name, column)
+    return table.sort_by("task_id")
+
+
+def write_manifest(table, root: Path, row_group_rows: int = 32) -> Path:
+    """Write ``table`` hive-partitioned by region_split (as inject@<generation> does); returns ``root``."""
+    from darkhalo.dataset import write_hive
+
+    write_hive(table, root, ["region_split"], row_group_rows)
+    return root
+
+
+# --- issue 5 (hard negatives, anchors, cutouts): a local HTTP server on 127.0.0.1 --------------------------
+
+class _Route:
+    """What the local server answers on one path: a list of (status, body, delay_s) used in turn (last repeats)."""
+
+    def __init__(self, answers, headers=None):
+        self.answers = list(answers)
+        self.headers = dict(headers or {})
+        self.hits = 0
+
+
+@pytest.fixture
+def local_http_server():
+    """Factory: ``start({path: [(status, body, delay_s), ...]})`` -> (base_url, routes); serves on 127.0.0.1.
+
+    Every route counts its GET hits; answers are used in turn (the last one repeats).
+    HEAD answers with the headers of the next GET (Content-Length, ETag) for DVC.
+    The servers stop at the end of the test.
+    """
+    import hashlib
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    servers = []
+
+    def start(spec: dict):
+        routes = {path: (value if isinstance(value, _Route) else _Route(value)) for path, value in spec.items()}
+        lock = threading.Lock()
+        client_gone = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, head: bool):
+                route = routes.get(self.path.split("?")[0])
+                if route is None:
+                    status, body, delay = 404, b"not found", 0.0
+                else:
+                    with lock:
+                        k = min(route.hits, len(route.answers) - 1)
+                        if not head:
+                            route.hits += 1
+                    status, body, delay = route.answers[k]
+                if delay and not head:
+                    time.sleep(delay)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("ETag", '"' + hashlib.md5(body).hexdigest() + '"')
+                    for key, value in (route.headers.items() if route else ()):
+                        self.send_header(key, value)
+                    self.end_headers()
+                    if not head:
+                        self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError) as exc:  # the client timed out first
+                    client_gone.append(exc)
+
+            def do_GET(self):
+                self._answer(head=False)
+
+            def do_HEAD(self):
+                self._answer(head=True)
+
+            def log_message(self, *args):
+                return None
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{server.server_address[1]}", routes
+
+    yield start
+    for server, thread in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def cutout_fits_bytes(image, invvar=None, bands="grz") -> bytes:
+    """A Legacy-Survey-like cutout FITS: primary (bands, S, S) image with BAND<i> keys, optional INVVAR HDU."""
+    import io
+
+    import numpy as np
+    from astropy.io import fits
+
+    primary = fits.PrimaryHDU(np.asarray(image, np.float32))
+    for i, band in enumerate(bands):
+        primary.header[f"BAND{i}"] = band
+    hdus = [primary]
+    if invvar is not None:
+        hdus.append(fits.ImageHDU(np.asarray(invvar, np.float32), name="INVVAR"))
+    buf = io.BytesIO()
+    fits.HDUList(hdus).writeto(buf)
+    return buf.getvalue()
+
+
+# --- issue 7 (compare, report, review workflow): the whole pipeline on a tiny config ----------------
+
+REVIEW_SURVEY = {"n_parents": 120, "n_sky_patches": 12, "shard_rows": 120, "row_group_rows": 32, "workers": 1,
+                 "masked_stamp_frac": 0.1, "nan_stamp_frac": 0.02, "missing_band_frac": 0.02}
+
+
+def review_params() -> dict:
+    """Repository params shrunk so that the whole `dvc repro` (survey ... report) takes well under a minute.
+
+    One survey shard (every shard must hold test parents), one worker everywhere, a handful of anchors and
+    hard negatives, one training epoch, few bootstrap replicates. Gates are reported, not blocking: a
+    120-parent sample cannot meet tolerances sized for thousands. The operating FPR is resolvable on the
+    ~20 val controls.
+    """
+    params = tiny_params(**REVIEW_SURVEY)
+    params["survey_gallery"].update(n_stamps=6)
+    params["inject"].update(workers=1, batch_size=64)
+    params["hard_negatives"].update(n_per_class=6, shard_rows=24, workers=1, gallery_per_class=1)
+    params["anchors"].update(max_per_set=2, gallery_per_tier=1)
+    params["benchmark"]["injection"].update(n_candidates=2)
+    for name, gen in params["generations"].items():
+        gen["gates_blocking"] = False
+        if gen.get("arc_snr_target") is not None:
+            gen["n_candidates"] = 2
+    params["gates"].update(GATES_TEST_PARAMS, core_max_stamps=400, core_folds=3)
+    params["train"].update(epochs=1, batch_size=32, threads=1)
+    params["evaluate"].update(operating_fpr=0.2, batch_size=64)
+    if "compare" in params:
+        params["compare"].update(n_bootstrap=60)
+    if "report" in params:
+        params["report"].update(gallery_n=4)
+    return params
+
+
+REPORT_LINK = r"\[([^\[\]]*)\]\(((?:\.\./)+)([^)#\s]+)#(/[^)\s]*)\)"
+
+
+def report_links_mismatching(report_path: Path, root: Path) -> tuple[int, list[str]]:
+    """(number of value links, mismatches) of a generated report: every ``[text](../file#/pointer)`` must
+    show exactly ``format_value`` of the value at that JSON pointer of that metrics/params file."""
+    import re
+
+    from darkhalo.report import Sources, format_value, resolve_pointer
+
+    src = Sources(root)
+    text = Path(report_path).read_text()
+    links = re.findall(REPORT_LINK, text)
+    bad = []
+    for shown, _, rel, pointer in links:
+        try:
+            value = resolve_pointer(src.load(rel), pointer)
+        except (KeyError, IndexError, FileNotFoundError) as exc:
+            bad.append(f"{rel}#{pointer}: {exc}")
+            continue
+        if shown != format_value(value):
+            bad.append(f"{rel}#{pointer}: report shows {shown!r}, file holds {value!r}")
+    return len(links), bad

@@ -9,7 +9,7 @@ import sys
 
 from conftest import REPO, tiny_params, write_params
 
-PROJECT_FILES = ["dvc.yaml", ".dvcignore", "stages", "darkhalo"]
+PROJECT_FILES = ["dvc.yaml", ".dvcignore", "stages", "darkhalo", "expectations"]
 
 
 def run(cmd, cwd):
@@ -18,6 +18,16 @@ def run(cmd, cwd):
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
+
+
+def pipeline_params() -> dict:
+    """Tiny params for the whole pipeline: few parents, defects at the survey's default rates,
+    gate tolerances suited to ~100 parents (fractions move in steps of one HEALPix region)."""
+    params = tiny_params(n_parents=96, n_sky_patches=24, shard_rows=48, nan_stamp_frac=0.003,
+                         missing_band_frac=0.002, masked_stamp_frac=0.1)
+    params["gates"].update(split_fraction_tolerance=0.2, max_quarantine_frac=0.05)
+    params["hard_negatives"]["n_per_class"] = 10
+    return params
 
 
 def make_project(tmp_path):
@@ -30,7 +40,7 @@ def make_project(tmp_path):
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, root / name)
-    write_params(root / "params.yaml", tiny_params())
+    write_params(root / "params.yaml", pipeline_params())
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "ci@example.org"], root)
     run(["git", "config", "user.name", "ci"], root)
@@ -46,9 +56,13 @@ def test_dvc_repro_runs_then_is_cached_and_clean(tmp_path):
     first = run(dvc + ["repro"], root)
     assert "Running stage 'survey'" in first and "Running stage 'survey_gallery'" in first
     metrics = json.loads((root / "metrics" / "survey.json").read_text())
-    assert metrics["n_parents"] == 48
+    assert metrics["n_parents"] == 96
     assert (root / "plots" / "survey_gallery.png").stat().st_size > 10_000
-    assert len(list((root / "data" / "survey").glob("part-*.parquet"))) == 3
+    assert len(list((root / "data" / "survey").glob("part-*.parquet"))) == 2
+    for gen in ("gen5", "gen5p"):
+        evaluation = json.loads((root / "metrics" / gen / "evaluate.json").read_text())
+        assert evaluation["benchmark_sha256"] == json.loads((root / "metrics" / "benchmark.json").read_text())["sha256"]
+        assert (root / "data" / "models" / gen / "model.pt").exists()
     second = run(dvc + ["repro"], root)
     assert "Running stage" not in second
     assert "Data and pipelines are up to date" in run(dvc + ["status"], root)

@@ -1,0 +1,303 @@
+"""Evaluating one generation's model on the frozen benchmark.
+
+``score_benchmark`` streams the benchmark parts through the one inference path
+(darkhalo/inference.py) and returns a per-row scores table: the plain score,
+and for injections the diagnostics -- the score with the injected arc removed
+(positive minus its noiseless arc redrawn from the row's columns, gate 1.7) and
+the scores with the centre refilled from the outer annulus for mask radii in
+units of theta_E and in pixels, on positives and on controls.
+
+Arc suppression (gate 1.7) removes the injected light *outside* the core
+(r >= ``core_radius_pix``), redrawn noiseless from the row's columns, and
+keeps what the injection added to the core: a model that reads the arcs falls
+to control level, one that reads core brightness does not (DESIGN §2 item 1).
+The gate takes the positives the model detects (score >= threshold) whose arc
+has at least half its flux outside the core, and asks what fraction is still
+detected with the arc removed; for a model that reads arcs that is about the
+false-positive rate.  ``summarise``
+turns the table into the metrics of DESIGN §7 with intervals.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from . import metrics as M
+from .dataset import iter_chunks, stamps_of
+from .inference import Scorer
+from .injection import render_columns
+from .lensing import RenderSettings
+from .normalize import core_mask, outer_mask, radius_map_pix
+from .params import FRACTION, POSITIVE, build, section
+from .rng import keyed_rng
+from .stats import rate_with_interval
+from .units import PIXEL_SCALE_ARCSEC
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``evaluate:`` params (same for every generation)."""
+
+    operating_fpr: float = 0.01          # threshold set on the generation's own val controls
+    prevalence: float = 0.001            # lens prevalence for the implied purity (gate 1.3)
+    theta_e_edges: tuple = (0.3, 0.6, 0.9, 1.2, 1.6, 2.0, 2.5, 3.0)
+    arc_snr_edges: tuple = (1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 35.0, 60.0, 100.0)
+    src_mag_edges: tuple = (20.0, 21.0, 22.0, 23.0, 24.0, 25.0, 26.0, 27.0, 28.0)
+    calibration_bins: int = 10
+    mask_radii_theta_e: tuple = (0.5, 1.0, 1.5)
+    mask_radii_pix: tuple = (8.0, 10.0, 12.0)
+    gate13_max_fraction_above: float = 0.02   # test controls above the operating threshold
+    gate17_max_retained_fraction: float = 0.1  # detected positives still detected with the arc removed
+    gates_blocking: bool = False
+    batch_size: int = 256
+
+
+EVALUATE_RULES = {"operating_fpr": FRACTION, "prevalence": FRACTION, "calibration_bins": POSITIVE,
+                  "gate13_max_fraction_above": FRACTION, "gate17_max_retained_fraction": FRACTION,
+                  "batch_size": POSITIVE}
+
+
+def evaluate_config(params: dict, path: str) -> EvaluateConfig:
+    values = dict(section(params, "evaluate", path))
+    for key in ("theta_e_edges", "arc_snr_edges", "src_mag_edges", "mask_radii_theta_e", "mask_radii_pix"):
+        if key in values:
+            values[key] = tuple(float(v) for v in values[key])
+    return build(EvaluateConfig, values, "evaluate", path, EVALUATE_RULES)
+
+
+def refill_centre(images: np.ndarray, radius_pix: np.ndarray, seed: int, keys: np.ndarray,
+                  outer_radius_pix: float = 16.0) -> np.ndarray:
+    """Copy of (N, 3, S, S) stamps with pixels inside ``radius_pix`` replaced by random outer-annulus pixels.
+
+    Each stamp's fill comes from its own stream (seed, 'centre-mask', key), so
+    the same row gets the same fill for every generation.
+    """
+    out = images.copy()
+    size = images.shape[-1]
+    r = radius_map_pix(size)
+    outer = outer_mask(size, outer_radius_pix)
+    for i in range(len(images)):
+        inside = r < radius_pix[i]
+        n_in = int(inside.sum())
+        if n_in == 0:
+            continue
+        rng = keyed_rng(seed, "centre-mask", int(keys[i]))
+        for band in range(images.shape[1]):
+            pool = images[i, band][outer]
+            out[i, band][inside] = pool[rng.integers(0, len(pool), n_in)]
+    return out
+
+
+INJECTION_COLUMNS = ("task_id", "parent_id", "is_control", "healpix_pixel", "theta_e_arcsec", "arc_snr", "src_mag_r")
+
+
+def _metadata(table: pa.Table, columns) -> np.ndarray:
+    if not columns:
+        return np.zeros((table.num_rows, 0))
+    return np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in columns], 1)
+
+
+def _usable(stamps) -> np.ndarray:
+    return np.isfinite(stamps.image).all(axis=(1, 2, 3)) & stamps.present.all(axis=1)
+
+
+def score_injections(scorer: Scorer, uri: str, config: EvaluateConfig, seed: int, render: RenderSettings,
+                     core_radius_pix: float, skipped: dict, progress=None) -> pa.Table:
+    """Scores and diagnostic scores of benchmark positives and controls."""
+    out = []
+    for chunk in iter_chunks(uri):
+        table, stamps = chunk.table, stamps_of(chunk, render.stamp_size)
+        ok = _usable(stamps)
+        skipped["injections: non-finite pixels or missing band"] = \
+            skipped.get("injections: non-finite pixels or missing band", 0) + int((~ok).sum())
+        if not ok.any():
+            continue
+        table = table.filter(pa.array(ok))
+        images = stamps.image[ok]
+        meta = _metadata(table, scorer.metadata_columns)
+        cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in INJECTION_COLUMNS}
+        positive = cols["is_control"] == 0
+        row = {c: cols[c] for c in INJECTION_COLUMNS}
+        row["part"] = np.full(len(images), "injection")
+        row["label"] = positive.astype(np.int8)
+        row["score"] = scorer.score(images, meta, config.batch_size)
+        # gate 1.7: positives with their noiseless arc (redrawn from the row's columns) removed outside the core
+        suppressed = np.full(len(images), np.nan)
+        arc_outside = np.full(len(images), np.nan)
+        if positive.any():
+            pos_table = table.filter(pa.array(positive))
+            arc_cols = {c: _column_values(pos_table, c) for c in pos_table.column_names if c.startswith(
+                ("src_", "lens_", "psf_fwhm_used_")) or c in ("theta_e_arcsec", "shear", "shear_phi_rad")}
+            arcs, _ = render_columns(arc_cols, render)
+            invvar = stamps.invvar[ok][positive]
+            outside = ~core_mask(render.stamp_size, core_radius_pix)
+            cleaned = images[positive] - np.where((invvar > 0) & outside, arcs, 0.0).astype(np.float32)
+            suppressed[positive] = scorer.score(cleaned, meta[positive], config.batch_size)
+            total = arcs.sum(axis=(1, 2, 3))
+            arc_outside[positive] = np.where(total > 0, np.where(outside, arcs, 0).sum(axis=(1, 2, 3)) / total, np.nan)
+        row["score_arc_suppressed"] = suppressed
+        row["arc_flux_frac_outside_core"] = arc_outside
+        # centre-masked diagnostic: theta_E-relative radii need theta_E; controls borrow their positive's
+        theta = _paired_theta_e(cols)
+        for factor in config.mask_radii_theta_e:
+            radius = factor * theta / PIXEL_SCALE_ARCSEC
+            row[f"score_mask_{factor:g}theta_e"] = scorer.score(
+                refill_centre(images, radius, seed, cols["task_id"]), meta, config.batch_size)
+        for radius_pix in config.mask_radii_pix:
+            row[f"score_mask_{radius_pix:g}pix"] = scorer.score(
+                refill_centre(images, np.full(len(images), radius_pix), seed, cols["task_id"]), meta,
+                config.batch_size)
+        out.append(pa.table(row))
+        if progress is not None:
+            progress(len(images))
+    return pa.concat_tables(out) if out else pa.table({})
+
+
+def _column_values(table: pa.Table, name: str) -> np.ndarray:
+    column = table.column(name)
+    if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
+        return np.array(column.to_pylist(), dtype=np.float64).reshape(table.num_rows, -1)
+    return column.to_numpy(zero_copy_only=False)
+
+
+def _paired_theta_e(cols: dict) -> np.ndarray:
+    """theta_E per row; a control takes that of the positive sharing its parent (rows come in pairs)."""
+    theta = np.asarray(cols["theta_e_arcsec"], dtype=np.float64)
+    by_parent = {p: t for p, t, c in zip(cols["parent_id"], theta, cols["is_control"]) if c == 0}
+    return np.array([t if c == 0 else by_parent.get(p, np.nan)
+                     for p, t, c in zip(cols["parent_id"], theta, cols["is_control"])])
+
+
+def score_negatives(scorer: Scorer, uri: str, part: str, group_column: str, config: EvaluateConfig,
+                    skipped: dict, label: int = 0) -> pa.Table:
+    """Scores of hard negatives (label 0, grouped by class) or anchors (label 1, grouped by set/tier)."""
+    out = []
+    for chunk in iter_chunks(uri):
+        table, stamps = chunk.table, stamps_of(chunk, 64)
+        ok = _usable(stamps)
+        skipped[f"{part}: non-finite pixels or missing band"] = \
+            skipped.get(f"{part}: non-finite pixels or missing band", 0) + int((~ok).sum())
+        if not ok.any():
+            continue
+        table = table.filter(pa.array(ok))
+        scores = scorer.score(stamps.image[ok], _metadata(table, scorer.metadata_columns), config.batch_size)
+        out.append(pa.table({"part": np.full(len(scores), part), "label": np.full(len(scores), label, np.int8),
+                             "parent_id": table.column("parent_id").to_numpy(),
+                             "group": table.column(group_column).to_numpy(zero_copy_only=False).astype(str),
+                             "score": scores}))
+    return pa.concat_tables(out) if out else pa.table({})
+
+
+def model_gates(summary: dict, config: EvaluateConfig) -> list[dict]:
+    """Gate 1.3 (null injection) and 1.7 (arc-suppressed) verdicts from the summary numbers."""
+    g13 = summary["gate_1_3_null_injection"]
+    g17 = summary["gate_1_7_arc_suppressed"]
+    return [
+        {"gate": "1.3", "name": "null injection", "column": "score (test controls)",
+         "statistic": "fraction above operating threshold", "value": g13["fraction_above"]["rate"],
+         "tolerance": f"<= {config.gate13_max_fraction_above}",
+         "passed": bool(g13["fraction_above"]["rate"] <= config.gate13_max_fraction_above)},
+        {"gate": "1.7", "name": "arc-suppressed", "column": "score_arc_suppressed",
+         "statistic": "detected positives still detected with the arc removed",
+         "value": g17["retained_fraction"]["rate"], "tolerance": f"<= {config.gate17_max_retained_fraction}",
+         "passed": bool(not g17["retained_fraction"]["n"]
+                        or g17["retained_fraction"]["rate"] <= config.gate17_max_retained_fraction)},
+    ]
+
+
+def summarise(scores: pa.Table, threshold: float, config: EvaluateConfig) -> dict:
+    """Headline metrics, completeness, per-group rates, calibration and model-gate numbers."""
+    col = {name: scores.column(name).to_numpy(zero_copy_only=False) for name in scores.column_names}
+    inj = col["part"] == "injection"
+    pos = inj & (col["label"] == 1)
+    ctrl = inj & (col["label"] == 0)
+    hard = col["part"] == "hard_negative"
+    neg = ctrl | hard
+    labels_all = col["label"][pos | neg]
+    s_all = col["score"][pos | neg]
+    labels_inj = col["label"][inj]
+    s_inj = col["score"][inj]
+    selected = col["score"] >= threshold
+    out = {
+        "operating_threshold": threshold,
+        "rows": {"positives": int(pos.sum()), "controls": int(ctrl.sum()), "hard_negatives": int(hard.sum()),
+                 "anchors": int((col["part"] == "anchor").sum())},
+        "roc": {"auc": M.roc_auc(labels_all, s_all), "auc_vs_controls": M.roc_auc(labels_inj, s_inj),
+                "tpr_at_fpr_1e-2": M.tpr_at_fpr(labels_all, s_all, 1e-2),
+                "tpr_at_fpr_1e-3": M.tpr_at_fpr(labels_all, s_all, 1e-3),
+                "tpr0": M.tpr0(labels_all, s_all), "tpr10": M.tpr10(labels_all, s_all)},
+        "completeness_at_threshold": rate_with_interval(int(selected[pos].sum()), int(pos.sum())),
+        "completeness_vs_theta_e": M.binned_completeness(selected[pos], col["theta_e_arcsec"][pos],
+                                                         config.theta_e_edges),
+        "completeness_vs_arc_snr": M.binned_completeness(selected[pos], col["arc_snr"][pos], config.arc_snr_edges),
+        "completeness_vs_src_mag_r": M.binned_completeness(selected[pos], col["src_mag_r"][pos],
+                                                           config.src_mag_edges),
+        "calibration": M.reliability_curve(labels_inj, np.clip(s_inj, 0, 1), config.calibration_bins),
+        "gate_1_3_null_injection": M.null_injection(col["score"][ctrl], threshold, int(selected[pos].sum()),
+                                                    int(pos.sum()), config.prevalence),
+    }
+    if hard.any():
+        out["hard_negative_fpr_by_class"] = M.rate_by_group(selected[hard], col["group"][hard])
+        out["hard_negative_fpr"] = rate_with_interval(int(selected[hard].sum()), int(hard.sum()))
+    anchors = col["part"] == "anchor"
+    if anchors.any():
+        out["anchor_recall_by_group"] = M.rate_by_group(selected[anchors], col["group"][anchors])
+    resolved = pos & (col["arc_flux_frac_outside_core"] >= 0.5)
+    detected = resolved & selected
+    supp = col["score_arc_suppressed"]
+    ctrl_scores = col["score"][ctrl]
+    out["gate_1_7_arc_suppressed"] = {
+        "rule": "positives detected at the operating threshold with >= 50% of the arc flux outside the core",
+        "positives_resolved": int(resolved.sum()), "positives_detected": int(detected.sum()),
+        "retained_fraction": rate_with_interval(int((supp[detected] >= threshold).sum()), int(detected.sum())),
+        "mean_score_detected": float(np.mean(col["score"][detected])) if detected.any() else float("nan"),
+        "mean_score_detected_arc_suppressed": float(np.mean(supp[detected])) if detected.any() else float("nan"),
+        "mean_score_resolved_arc_suppressed": float(np.mean(supp[resolved])) if resolved.any() else float("nan"),
+        "mean_score_controls": float(np.mean(ctrl_scores)),
+        "controls_above_threshold": rate_with_interval(int((ctrl_scores >= threshold).sum()), len(ctrl_scores)),
+    }
+    masks = {}
+    gap = float(np.mean(col["score"][pos]) - np.mean(col["score"][ctrl]))
+    for name in scores.column_names:
+        if name.startswith("score_mask_"):
+            masked_gap = float(np.mean(col[name][pos]) - np.mean(col[name][ctrl]))
+            masks[name.removeprefix("score_mask_")] = {
+                # positive-minus-control mean score with the mask / without: ~1 when the model reads
+                # light outside the mask, ~0 when everything it reads is inside
+                "separation_retained": masked_gap / gap if gap else float("nan"),
+                "positives_mean_score": float(np.mean(col[name][pos])),
+                "positives_mean_drop": float(np.mean(col["score"][pos] - col[name][pos])),
+                "controls_mean_score": float(np.mean(col[name][ctrl])),
+                "controls_mean_drop": float(np.mean(col["score"][ctrl] - col[name][ctrl])),
+                "positives_recall_at_threshold": rate_with_interval(int((col[name][pos] >= threshold).sum()),
+                                                                    int(pos.sum())),
+                "controls_fpr_at_threshold": rate_with_interval(int((col[name][ctrl] >= threshold).sum()),
+                                                                int(ctrl.sum())),
+            }
+    out["centre_masked"] = masks
+    return out
+
+
+def score_split(scorer: Scorer, uri: str, split: str, config: EvaluateConfig, skipped: dict):
+    """(labels, scores) of one split of a generation's injection dataset (unusable rows counted)."""
+    import pyarrow.dataset as ds
+
+    labels, scores = [], []
+    for chunk in iter_chunks(uri, filter=ds.field("region_split") == split):
+        stamps = stamps_of(chunk, 64)
+        ok = _usable(stamps)
+        skipped[f"{split} split: non-finite pixels or missing band"] = \
+            skipped.get(f"{split} split: non-finite pixels or missing band", 0) + int((~ok).sum())
+        table = chunk.table.filter(pa.array(ok))
+        labels.append(1 - table.column("is_control").to_numpy())
+        scores.append(scorer.score(stamps.image[ok], _metadata(table, scorer.metadata_columns), config.batch_size))
+    return np.concatenate(labels), np.concatenate(scores)
+
+
+def roc_points(labels: np.ndarray, scores: np.ndarray, max_points: int = 400) -> pa.Table:
+    """ROC curve thinned to at most ``max_points`` points (for DVC plots)."""
+    curve = M.roc_curve(labels, scores)
+    keep = np.unique(np.linspace(0, len(curve.fpr) - 1, min(max_points, len(curve.fpr))).astype(int))
+    return pa.table({"fpr": curve.fpr[keep], "tpr": curve.tpr[keep]})

@@ -1,0 +1,68 @@
+"""Column contracts of a manifest audited by the data gates (names, kinds, ranges).
+
+The gates rely only on: survey catalogue columns, ``region_split``,
+``healpix_pixel``, ``task_id``, ``parent_id``, ``replicate``, ``is_control``,
+the pixel columns and (for value-range contracts, when present) the injection
+physics columns below.  Units are in the names (DESIGN §5).
+"""
+from __future__ import annotations
+
+from ..units import BANDS
+
+SPLIT_NAMES = ("train", "val", "test")
+
+# Required metadata columns and their kind ("int", "float", "string").
+REQUIRED_COLUMNS = {
+    "task_id": "int", "parent_id": "int", "replicate": "int", "is_control": "int", "region_split": "string",
+    "ra": "float", "dec": "float", "bandset": "string", "stamp_size": "int", "cutout_ok": "int",
+}
+# Optional columns read when present.
+OPTIONAL_COLUMNS = {"healpix_pixel": "int", **{f"psfdepth_{b}": "float" for b in BANDS}}
+
+# Gate 1.1: observing-quality columns whose distributions must match between classes.
+QUALITY_COLUMNS = ("bad_pixel_frac", "psfsize_g", "psfsize_r", "psfsize_z", "psfdepth_g", "psfdepth_r",
+                   "psfdepth_z", "ebv", "lrg_mag_g", "lrg_mag_r", "lrg_mag_z")
+
+# Value ranges of injection physics columns on positives (checked when the column exists); bounds inclusive.
+TWO_PI = 6.283185307179586
+PHYSICS_RANGES = {
+    "theta_e_arcsec": (0.01, 10.0),
+    "lens_q": (0.05, 1.0),
+    "lens_phi_rad": (-TWO_PI, TWO_PI),
+    "shear": (0.0, 0.5),
+    "shear_phi_rad": (-TWO_PI, TWO_PI),
+    "src_reff_arcsec": (1e-3, 10.0),
+    **{f"src_flux_nmgy_{b}": (0.0, 1e6) for b in BANDS},
+    "src_dmag": (-5.0, 15.0),
+    "magnification": (0.0, 1e4),
+    "arc_snr": (0.0, 1e6),
+    "arc_snr_aperture": (0.0, 1e6),
+    **{f"total_injected_flux_{b}": (0.0, 1e6) for b in BANDS},
+    "core_flux_ratio": (0.0, 1e6),
+    **{f"psf_fwhm_used_{b}": (0.3, 5.0) for b in BANDS},
+}
+# Injection parameters that a control (no injection) must leave null.
+INJECTION_COLUMNS = ("theta_e_arcsec", "lens_q", "src_reff_arcsec", "src_flux_nmgy_r", "arc_snr",
+                     "total_injected_flux_r")
+
+
+def kind_of(arrow_type) -> str:
+    """'int', 'float', 'string', 'bool', 'tensor', 'binary' or the type's name."""
+    import pyarrow as pa
+
+    t = arrow_type
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "binary"
+    if isinstance(t, pa.FixedShapeTensorType):
+        return "tensor"
+    return str(t)

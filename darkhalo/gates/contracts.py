@@ -1,0 +1,221 @@
+"""Row-level data contracts (gates 1.2, 1.4 and metadata), the schema table and the quarantine list.
+
+Row contracts (one bool per row, True = satisfied):
+
+=================  =====================================================================
+``1.2:bandset``    ``bandset`` is "grz"
+``1.2:shape``      ``stamp_size`` equals the declared size and the pixels decode at that shape
+``1.2:bands``      image planes of g, r and z are all present
+``1.2:finite``     every image pixel (and stored invvar pixel) is finite
+``1.4:noise``      per band: a valid invvar plane (finite, >= 0, > 0 on unmasked pixels,
+                   not all zero), or -- if allowed -- ``psfdepth_<band>`` > 0 when no plane is stored
+``contract:cutout_ok``  ``cutout_ok`` is 1
+=================  =====================================================================
+
+Under policy ``quarantine`` a row failing any contract, and the other rows of
+its (parent_id, replicate) pair, go to the quarantine list; every dataset-level
+gate then runs on the surviving rows.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..units import BANDS
+from .columns import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, kind_of
+from .scan import Scan
+
+ROW_CONTRACTS = ("1.2:bandset", "1.2:shape", "1.2:bands", "1.2:finite", "1.4:noise", "contract:cutout_ok")
+PIXEL_CONTRACTS = ("1.2:bands", "1.2:finite", "1.4:noise")
+PARTNER = "pair_partner_quarantined"
+
+
+def flag_column(contract: str) -> str:
+    """Column name of a contract's flag in the ``rows`` table, e.g. '1.2:finite' -> 'ok_finite'."""
+    return "ok_" + contract.split(":")[1]
+
+
+@dataclass
+class RowContracts:
+    """Per-row contract flags, per-row explanation and the quarantine selection."""
+
+    flags: dict[str, np.ndarray]        # contract -> bool (N,) ; pixel contracts absent without pixels
+    details: dict[str, dict[int, str]]  # contract -> {row: message} for the failing rows only
+    primary: np.ndarray                 # bool (N,): fails some row contract
+    quarantined: np.ndarray             # bool (N,): primary or pair partner of a primary row
+
+
+def _column(meta: pa.Table, name: str):
+    return meta.column(name) if name in meta.column_names else None
+
+
+def _lazy(column):
+    """Zero-argument function returning the column as a list-like of Python values (converted once, on first use)."""
+    return functools.cache(lambda: None if column is None else _PyValues(column.to_numpy(zero_copy_only=False)))
+
+
+class _PyValues:
+    """Index a numpy array, returning Python scalars (so messages read 0, not np.int8(0))."""
+
+    def __init__(self, values: np.ndarray):
+        self.values = values
+
+    def __getitem__(self, i):
+        value = self.values[i]
+        return value.item() if hasattr(value, "item") else value
+
+
+def _eq(column, value, n: int) -> np.ndarray:
+    if column is None:
+        return np.zeros(n, bool)
+    return pc.fill_null(pc.equal(column, value), False).to_numpy(zero_copy_only=False)
+
+
+def evaluate_rows(scan: Scan, stamp_size_pix: int, noise_from_psfdepth: bool) -> RowContracts:
+    """Evaluate every row contract that the manifest's content allows."""
+    meta, n = scan.meta, scan.meta.num_rows
+    flags, details = {}, {}
+    bandset = _column(meta, "bandset")
+    flags["1.2:bandset"] = _eq(bandset, "grz", n)
+    details["1.2:bandset"] = _explain(~flags["1.2:bandset"], lambda i, v=_lazy(bandset): f"bandset = {v()[i]!r}"
+                                      if bandset is not None else "bandset column missing")
+    size_col = _column(meta, "stamp_size")
+    size_ok = _eq(size_col, stamp_size_pix, n)
+    px = scan.pixels
+    shape_ok = size_ok & (px.shape_ok if px is not None else True)
+
+    sizes = _lazy(size_col)
+
+    def shape_msg(i):
+        if not size_ok[i]:
+            return (f"stamp_size = {sizes()[i]!r}, declared {stamp_size_pix}" if size_col is not None
+                    else "stamp_size column missing")
+        if i in px.decode_errors:
+            return px.decode_errors[i]
+        return f"pixel columns are {scan.pixel_size}x{scan.pixel_size}, declared {stamp_size_pix}"
+    flags["1.2:shape"] = shape_ok
+    details["1.2:shape"] = _explain(~shape_ok, shape_msg)
+    cutout = _column(meta, "cutout_ok")
+    flags["contract:cutout_ok"] = _eq(cutout.cast(pa.int64()) if cutout is not None else None, 1, n)
+    details["contract:cutout_ok"] = _explain(~flags["contract:cutout_ok"], lambda i, v=_lazy(cutout):
+                                             f"cutout_ok = {v()[i]!r}" if cutout is not None else "cutout_ok column missing")
+    if px is not None:
+        decodable = px.shape_ok
+        flags["1.2:bands"] = px.present.all(axis=1) | ~decodable
+        details["1.2:bands"] = _explain(~flags["1.2:bands"], lambda i: "missing " + ", ".join(
+            f"image_{b}" for j, b in enumerate(BANDS) if not px.present[i, j]))
+        flags["1.2:finite"] = (px.n_nonfinite == 0).all(axis=1) | ~decodable
+        details["1.2:finite"] = _explain(~flags["1.2:finite"], lambda i: ", ".join(
+            f"image_{b}/invvar_{b}: {px.n_nonfinite[i, j]} non-finite px" for j, b in enumerate(BANDS)
+            if px.n_nonfinite[i, j]))
+        depth_ok = np.stack([(np.nan_to_num(_column(meta, f"psfdepth_{b}").to_numpy(zero_copy_only=False).astype(float))
+                              > 0) if noise_from_psfdepth and f"psfdepth_{b}" in meta.column_names
+                             else np.zeros(n, bool) for b in BANDS], axis=1)
+        band_noise_ok = np.where(px.has_invvar, px.n_bad_invvar == 0, depth_ok) | ~px.present
+        flags["1.4:noise"] = band_noise_ok.all(axis=1) | ~decodable
+
+        def noise_msg(i):
+            parts = []
+            for j, b in enumerate(BANDS):
+                if band_noise_ok[i, j]:
+                    continue
+                parts.append(f"invvar_{b}: {px.n_bad_invvar[i, j]} px non-finite/negative/zero on unmasked pixels"
+                             if px.has_invvar[i, j] else f"invvar_{b} missing" +
+                             (" and psfdepth_" + b + " not > 0" if noise_from_psfdepth else ""))
+            return "; ".join(parts)
+        details["1.4:noise"] = _explain(~flags["1.4:noise"], noise_msg)
+    primary = np.zeros(n, bool)
+    for ok in flags.values():
+        primary |= ~ok
+    quarantined = primary | _pair_partners(meta, primary)
+    return RowContracts(flags, details, primary, quarantined)
+
+
+def _explain(bad: np.ndarray, message) -> dict[int, str]:
+    """{row: message(row)} for the failing rows (messages are only built for failures)."""
+    return {int(i): message(int(i)) for i in np.flatnonzero(bad)}
+
+
+def _pair_partners(meta: pa.Table, primary: np.ndarray) -> np.ndarray:
+    """Rows sharing (parent_id, replicate) with a primary-quarantined row (null ids form their own group)."""
+    if not primary.any() or "parent_id" not in meta.column_names:
+        return np.zeros(primary.size, bool)
+
+    def ids(name):
+        if name not in meta.column_names:
+            return np.zeros(primary.size, np.int64)
+        values = pc.fill_null(meta.column(name).cast(pa.int64()), -1).to_numpy(zero_copy_only=False)
+        return values - values.min()                  # non-negative
+    parent, rep = ids("parent_id"), ids("replicate")
+    width = int(rep.max()) + 1
+    if parent.max() < (1 << 62) // width:
+        key = parent * width + rep
+    else:                                             # ids too large to pack: label the pairs instead
+        key = np.unique(np.stack([parent, rep], axis=1), axis=0, return_inverse=True)[1].reshape(-1)
+    bad_keys = np.unique(key[primary])
+    return np.isin(key, bad_keys) & ~primary
+
+
+def quarantine_table(scan: Scan, rows: RowContracts) -> pa.Table:
+    """The quarantine list: one row per quarantined stamp, sorted by task_id.
+
+    Columns: task_id, parent_id, replicate, is_control, reason (contract ids,
+    '; '-joined, or 'pair_partner_quarantined'), detail (columns and counts),
+    source_file, row_in_file.
+    """
+    idx = np.flatnonzero(rows.quarantined)
+    meta = scan.meta
+
+    def col(name, dtype):
+        if name in meta.column_names:
+            return meta.column(name).take(pa.array(idx)).cast(dtype)
+        return pa.nulls(idx.size, dtype)
+    reasons, details = [], []
+    for i in idx:
+        failed = [c for c in ROW_CONTRACTS if c in rows.flags and not rows.flags[c][i]]
+        reasons.append("; ".join(failed) if failed else PARTNER)
+        details.append("; ".join(f"{c}: {rows.details[c][i]}" for c in failed) if failed
+                       else "its (parent_id, replicate) pair partner failed a row contract")
+    table = pa.table({
+        "task_id": col("task_id", pa.int64()), "parent_id": col("parent_id", pa.int64()),
+        "replicate": col("replicate", pa.int32()), "is_control": col("is_control", pa.int8()),
+        "reason": pa.array(reasons, pa.string()), "detail": pa.array(details, pa.string()),
+        "source_file": pa.array([scan.files[scan.file_index[i]] for i in idx], pa.string()),
+        "row_in_file": pa.array(scan.row_in_file[idx], pa.int64()),
+    })
+    return table.sort_by([("task_id", "ascending"), ("source_file", "ascending"), ("row_in_file", "ascending")])
+
+
+def schema_table(scan: Scan, stamp_size_pix: int, need_pixels: bool):
+    """One row per expected column: column, present, kind, expected_kind, ok (pandas DataFrame)."""
+    import pandas as pd
+
+    schema = scan.schema
+    expected = dict(REQUIRED_COLUMNS)
+    if need_pixels:
+        if scan.layout == "legacy":
+            expected["stamp_npz"] = "binary"
+        else:
+            expected.update({f"image_{b}": "tensor" for b in BANDS})
+    records = []
+    for name, want in expected.items():
+        present = name in schema.names
+        kind = kind_of(schema.field(name).type) if present else "absent"
+        ok = present and (kind == want or (want == "int" and kind == "bool"))
+        note = ""
+        if ok and kind == "tensor":
+            shape = list(schema.field(name).type.shape)
+            ok = shape == [stamp_size_pix, stamp_size_pix]
+            note = f"shape {shape}"
+        records.append({"column": name, "present": present, "kind": kind, "expected_kind": want,
+                        "note": note, "ok": bool(ok)})
+    for name, want in OPTIONAL_COLUMNS.items():
+        if name in schema.names:
+            kind = kind_of(schema.field(name).type)
+            records.append({"column": name, "present": True, "kind": kind, "expected_kind": want, "note": "optional",
+                            "ok": kind == want})
+    return pd.DataFrame.from_records(records)

@@ -1,0 +1,143 @@
+"""Effect sizes with intervals for the gates (never bare p-values; DESIGN §2.8).
+
+Two groups are compared with the two-sample KS distance D and the
+standardised mean difference (SMD, pooled SD); classifier separability with
+the ROC AUC and its DeLong interval; core brightness with a ratio of means and
+a cluster-robust (delta-method) interval; rates with Wilson intervals.
+
+``*_null95`` give each statistic's noise level: the value that two samples of
+the given sizes drawn from one distribution exceed 5% of the time.  A gate
+fails only when its statistic exceeds both the tolerance and this noise level,
+so a small sample cannot fail on noise; at the pipeline's sizes the noise
+level is below the tolerance and the tolerance alone decides (no p-values).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import norm, rankdata
+
+Z95 = float(norm.ppf(0.975))
+KS_C95 = 1.3581  # c(alpha = 0.05) of the two-sample KS test
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial rate k/n (95% by default); (0, 1) when n = 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov distance D = sup |F_a - F_b| (exact, ties handled).
+
+    Each sample is sorted, then the two sorted runs are merged (a stable sort of
+    two runs is linear), and the ECDF difference is taken at the end of every
+    run of equal values.
+    """
+    a, b = np.sort(np.asarray(a, np.float64)), np.sort(np.asarray(b, np.float64))
+    if a.size == 0 or b.size == 0:
+        return float("nan")
+    merged = np.concatenate([a, b])
+    order = np.argsort(merged, kind="stable")
+    values = merged[order]
+    from_a = order < a.size
+    cdf_a = np.cumsum(from_a) / a.size
+    cdf_b = np.cumsum(~from_a) / b.size
+    last = np.append(values[1:] != values[:-1], True)
+    return float(np.max(np.abs(cdf_a[last] - cdf_b[last])))
+
+
+def ks_null95(n_a: int, n_b: int) -> float:
+    """D that two samples of these sizes from one distribution exceed 5% of the time (asymptotic)."""
+    if n_a == 0 or n_b == 0:
+        return float("nan")
+    return KS_C95 * math.sqrt((n_a + n_b) / (n_a * n_b))
+
+
+def smd_null95(n_a: int, n_b: int) -> float:
+    """|SMD| that two samples of these sizes from one distribution exceed 5% of the time."""
+    if n_a == 0 or n_b == 0:
+        return float("nan")
+    return Z95 * math.sqrt((n_a + n_b) / (n_a * n_b))
+
+
+def auc_null95(n_pos: int, n_neg: int) -> float:
+    """|AUC - 0.5| that a score unrelated to the label exceeds 5% of the time (Mann-Whitney null)."""
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return Z95 * math.sqrt((n_pos + n_neg + 1) / (12.0 * n_pos * n_neg))
+
+
+def standardized_mean_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, tuple[float, float]]:
+    """SMD = (mean_a - mean_b) / pooled SD, with its 95% interval (Hedges-Olkin SE).
+
+    Two constant samples give 0 when the means agree and +/-inf otherwise.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    n_a, n_b = a.size, b.size
+    if n_a < 2 or n_b < 2:
+        return float("nan"), (float("nan"), float("nan"))
+    diff = a.mean() - b.mean()
+    pooled = math.sqrt(0.5 * (a.var(ddof=1) + b.var(ddof=1)))
+    if pooled == 0:
+        d = 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    else:
+        d = diff / pooled
+    se = math.sqrt((n_a + n_b) / (n_a * n_b) + (d * d if math.isfinite(d) else 0.0) / (2 * (n_a + n_b)))
+    return float(d), (float(d - Z95 * se), float(d + Z95 * se))
+
+
+def roc_auc_delong(scores: np.ndarray, labels: np.ndarray) -> tuple[float, tuple[float, float]]:
+    """ROC AUC of ``scores`` for ``labels`` (1 = positive) with the DeLong 95% interval.
+
+    AUC = P(score_pos > score_neg) + 0.5 P(tie) (Mann-Whitney).  The interval
+    treats stamps as independent.
+    """
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+    pos, neg = scores[labels], scores[~labels]
+    m, n = pos.size, neg.size
+    if m == 0 or n == 0:
+        return float("nan"), (float("nan"), float("nan"))
+    ranks_all = rankdata(np.concatenate([pos, neg]))
+    ranks_pos, ranks_neg = rankdata(pos), rankdata(neg)
+    auc = (ranks_all[:m].sum() - m * (m + 1) / 2) / (m * n)
+    v10 = (ranks_all[:m] - ranks_pos) / n           # structural components (DeLong 1988)
+    v01 = 1.0 - (ranks_all[m:] - ranks_neg) / m
+    var = (v10.var(ddof=1) / m if m > 1 else 0.0) + (v01.var(ddof=1) / n if n > 1 else 0.0)
+    half = Z95 * math.sqrt(max(var, 0.0))
+    return float(auc), (float(max(0.0, auc - half)), float(min(1.0, auc + half)))
+
+
+def ratio_of_means(x_pos: np.ndarray, cluster_pos: np.ndarray, x_ctrl: np.ndarray,
+                   cluster_ctrl: np.ndarray) -> tuple[float, tuple[float, float]]:
+    """mean(x_pos) / mean(x_ctrl) with a cluster-robust 95% interval (delta method).
+
+    Clusters (e.g. parent_id) hold correlated rows of both groups (a positive
+    and its control share a parent); the variance sums per-cluster influence
+    contributions, so pairing and replicates are accounted for.
+    """
+    x_pos, x_ctrl = np.asarray(x_pos, np.float64), np.asarray(x_ctrl, np.float64)
+    n_p, n_c = x_pos.size, x_ctrl.size
+    if n_p == 0 or n_c == 0:
+        return float("nan"), (float("nan"), float("nan"))
+    mean_p, mean_c = x_pos.mean(), x_ctrl.mean()
+    if mean_c == 0:
+        return float("nan"), (float("nan"), float("nan"))
+    ratio = mean_p / mean_c
+    # influence of each row on log(ratio): (x_p - mean_p)/(n_p mean_p) - (x_c - mean_c)/(n_c mean_c)
+    infl = np.concatenate([(x_pos - mean_p) / (n_p * mean_p), -(x_ctrl - mean_c) / (n_c * mean_c)])
+    clusters = np.concatenate([np.asarray(cluster_pos), np.asarray(cluster_ctrl)])
+    _, inverse = np.unique(clusters, return_inverse=True)
+    per_cluster = np.bincount(inverse, weights=infl)
+    g = per_cluster.size
+    var_log = (per_cluster**2).sum() * (g / (g - 1) if g > 1 else 1.0)
+    if not (mean_p > 0 and mean_c > 0):
+        return float(ratio), (float("nan"), float("nan"))
+    half = Z95 * math.sqrt(var_log)
+    return float(ratio), (float(ratio * math.exp(-half)), float(ratio * math.exp(half)))

@@ -1,0 +1,53 @@
+"""DVC stage `compare`: candidate minus baseline generation on the frozen benchmark, paired bootstrap.
+
+Reads data/eval/<generation>/scores.parquet and metrics/<generation>/evaluate.json of
+``compare.baseline`` and ``compare.candidate``; refuses generations evaluated on different
+benchmarks; writes metrics/compare.json and DVC plot data in plots/compare/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from darkhalo.compare import compare, compare_config, generation, plot_tables
+from darkhalo.outputs import atomic_write_bytes, write_json
+from darkhalo.params import load_params
+
+
+def load(name: str, scores: str, summary: str):
+    return generation(name, pq.read_table(scores), json.loads(Path(summary).read_text()), summary)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--root", default=".", help="directory holding data/eval/ and metrics/")
+    parser.add_argument("--out", default="metrics/compare.json")
+    parser.add_argument("--plots-dir", default="plots/compare")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    config = compare_config(params, args.params)
+    root = Path(args.root)
+    gens = [load(g, str(root / f"data/eval/{g}/scores.parquet"), str(root / f"metrics/{g}/evaluate.json"))
+            for g in (config.baseline, config.candidate)]
+    bins = {g.name: (g.summary.get("calibration") or {}).get("n_bins") for g in gens}
+    if len(set(bins.values())) != 1 or None in bins.values():
+        raise ValueError(f"calibration bins differ or are missing in the evaluate metrics: {bins}")
+    result = compare(gens[0], gens[1], config, int(next(iter(bins.values()))))
+    write_json(args.out, result)
+    for name, table in plot_tables(result).items():
+        sink = pa.BufferOutputStream()
+        pacsv.write_csv(table, sink)
+        atomic_write_bytes(Path(args.plots_dir) / name, sink.getvalue().to_pybytes())
+    counts = result["verdict_counts"]
+    print(f"compare {config.candidate} - {config.baseline}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+          + f" (of {result['n_metrics']} metrics; {config.n_bootstrap} paired bootstrap replicates)")
+
+
+if __name__ == "__main__":
+    main()

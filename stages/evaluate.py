@@ -1,0 +1,117 @@
+"""DVC stage `evaluate@<generation>`: score the frozen benchmark and compute metrics and model gates.
+
+Writes data/eval/<generation>/scores.parquet (one row per benchmark stamp:
+score and diagnostic scores), metrics/<generation>/evaluate.json (with the
+benchmark hash), metrics/<generation>/model_gates.json, and DVC plot data in
+plots/<generation>/ (roc.csv, completeness_*.csv).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from darkhalo import metrics as M
+from darkhalo.dataset import content_hash
+from darkhalo.evaluation import (evaluate_config, model_gates, roc_points, score_injections, score_negatives,
+                                 score_split, summarise)
+from darkhalo.inference import Scorer
+from darkhalo.injection import engine_settings
+from darkhalo.lensing import RenderSettings
+from darkhalo.outputs import atomic_write_bytes, write_json
+from darkhalo.params import load_params
+from darkhalo.survey import survey_config
+
+
+def check_benchmark(manifest_path: str) -> dict:
+    """The benchmark manifest, after checking every part still has its recorded hash."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    for name, part in manifest["parts"].items():
+        actual = content_hash(part["path"])
+        if actual != part["sha256"]:
+            raise RuntimeError(f"benchmark part '{name}' ({part['path']}) has sha256 {actual[:12]}..., "
+                               f"not the frozen {part['sha256'][:12]}... of {manifest_path}: rebuild the benchmark")
+    return manifest
+
+
+def write_csv(path: Path, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--generation", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--benchmark", default="metrics/benchmark.json")
+    parser.add_argument("--inject", default=None, help="the generation's own data (val split sets the threshold)")
+    parser.add_argument("--scores", default=None)
+    parser.add_argument("--metrics-dir", default=None)
+    parser.add_argument("--plots-dir", default=None)
+    args = parser.parse_args(argv)
+    gen = args.generation
+    params = load_params(args.params)
+    survey = survey_config(params, args.params)
+    config = evaluate_config(params, args.params)
+    engine = engine_settings(params, args.params)
+    render = RenderSettings(survey.stamp_size, engine.supersample, engine.moffat_beta, tile_pix=engine.tile_pix,
+                            refine_rel=engine.refine_rel)
+    metrics_dir = Path(args.metrics_dir or f"metrics/{gen}")
+    plots_dir = Path(args.plots_dir or f"plots/{gen}")
+    torch.set_num_threads(engine.workers)
+    manifest = check_benchmark(args.benchmark)
+    scorer = Scorer.load(args.model or f"data/models/{gen}/model.pt")
+    skipped = {}
+    val_labels, val_scores = score_split(scorer, args.inject or f"data/inject/{gen}", "val", config, skipped)
+    threshold = M.operating_threshold_for_fpr(val_labels, val_scores, config.operating_fpr)
+    parts = manifest["parts"]
+    with tqdm(total=parts["injections"]["rows"], desc=f"evaluate@{gen}", unit="stamp") as bar:
+        tables = [score_injections(scorer, parts["injections"]["path"], config, survey.seed, render,
+                                   engine.core_radius_pix, skipped, bar.update)]
+    tables.append(score_negatives(scorer, parts["hard_negatives"]["path"], "hard_negative", "hn_class", config,
+                                  skipped))
+    if "anchors" in parts:
+        tables.append(score_negatives(scorer, parts["anchors"]["path"], "anchor", "anchor_group", config, skipped,
+                                      label=1))
+    scores = pa.concat_tables([t for t in tables if t.num_rows], promote_options="default")
+    sink = pa.BufferOutputStream()
+    pq.write_table(scores, sink, compression="zstd")
+    atomic_write_bytes(args.scores or f"data/eval/{gen}/scores.parquet", sink.getvalue().to_pybytes())
+
+    summary = summarise(scores, threshold, config)
+    gates = model_gates(summary, config)
+    summary.update(generation=gen, benchmark_sha256=manifest["sha256"], skipped_rows=skipped,
+                   model_source=scorer.checkpoint.get("source", "trained"))
+    write_json(metrics_dir / "evaluate.json", summary)
+    write_json(metrics_dir / "model_gates.json", {"generation": gen, "benchmark_sha256": manifest["sha256"],
+                                                 "gates": gates, "all_passed": all(g["passed"] for g in gates)})
+    col = {n: scores.column(n).to_numpy(zero_copy_only=False) for n in ("part", "label", "score")}
+    roc_rows = (col["part"] == "injection") | (col["part"] == "hard_negative")
+    write_csv(plots_dir / "roc.csv", roc_points(col["label"][roc_rows], col["score"][roc_rows]))
+    for key in ("theta_e", "arc_snr", "src_mag_r"):
+        bins = summary[f"completeness_vs_{key}"]["bins"]
+        write_csv(plots_dir / f"completeness_{key}.csv", pa.table(
+            {key: [b["centre"] for b in bins], "completeness": [b["rate"] for b in bins],
+             "lo": [b["lo"] for b in bins], "hi": [b["hi"] for b in bins], "n": [b["n"] for b in bins]}))
+    failed = [g for g in gates if not g["passed"]]
+    for g in failed:
+        word = "FAILED" if config.gates_blocking else "WARNING (not blocking)"
+        print(f"MODEL GATE {g['gate']} {word} [{gen}] {g['column']}: {g['statistic']} = {g['value']:.4g}, "
+              f"tolerance {g['tolerance']}", file=sys.stderr)
+    print(f"evaluate@{gen}: AUC {summary['roc']['auc']:.4f}, completeness {summary['completeness_at_threshold']['rate']:.3f}"
+          f" at threshold {threshold:.4f}")
+    if failed and config.gates_blocking:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

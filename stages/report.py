@@ -1,0 +1,52 @@
+"""DVC stage `report`: the generated remediation report, reports/remediation.md (+ its figures).
+
+Reads the metrics of every stage (metrics/*.json, metrics/<generation>/*.json,
+metrics/compare.json), the ROC plot data, the scores tables and the benchmark parts
+(galleries), and the generations' injection data (achieved arc S/N); writes
+reports/remediation.md and reports/remediation/*.png. Every number in the markdown links to
+the metrics file and key it was read from. All inputs are required unless --allow-missing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from darkhalo.compare import compare_config
+from darkhalo.outputs import atomic_dir, atomic_write_bytes
+from darkhalo.params import load_params, section
+from darkhalo.report import FIGURES, Inputs, Report, Sources, arc_snr_samples, make_figures, report_config
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--root", default=".", help="repository root holding metrics/, plots/, data/")
+    parser.add_argument("--out", default="reports/remediation.md")
+    parser.add_argument("--allow-missing", action="store_true", help="report missing inputs instead of failing")
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    params = load_params(args.params)
+    cmp = compare_config(params, args.params)
+    config = report_config(params, args.params)
+    generations = section(params, "generations", args.params)
+    inputs = Inputs(cmp.baseline, cmp.candidate, {g: str(generations[g].get("label", "")) for g in generations},
+                    params=os.path.relpath(args.params, root))
+    out = Path(args.out)
+    src = Sources(root, str(out.parent.relative_to(root) if out.is_absolute() else out.parent))
+    bench_uri = src.get(inputs.benchmark, "parts", "injections", "path")
+    samples = arc_snr_samples(root, inputs, str(root / bench_uri))
+    figures = make_figures(src, inputs, config, root, samples)
+    report = Report(src, inputs, config)
+    text = report.build(figures)
+    if report.missing and not args.allow_missing:
+        raise FileNotFoundError("report inputs missing: " + ", ".join(report.missing))
+    with atomic_dir(out.parent / FIGURES) as tmp:
+        for name, png in sorted(figures.items()):
+            (tmp / name).write_bytes(png)
+    atomic_write_bytes(out, text.encode("utf-8"))
+    print(f"report: {out} ({len(text.splitlines())} lines, {len(figures)} figures)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""DVC stage `train@<generation>`: train (or import) one generation's lens finder.
+
+Single process by default; several GPUs: ``torchrun --nproc_per_node=N -m stages.train
+--generation gen5p`` (DDP; NCCL on CUDA, gloo on CPU; rank 0 writes the outputs).
+
+Reads data/inject/<generation> (train and val splits) minus the rows in
+data/gates/<generation>/quarantine.parquet, and hard negatives (train split);
+writes data/models/<generation>/model.pt (state_dict + architecture +
+normalisation + metadata transform + data hashes), DVCLive logs in
+dvclive/<generation>/ and metrics/<generation>/train.json.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from darkhalo.dataset import content_hash
+from darkhalo.models import import_gen5_checkpoint
+from darkhalo.normalize import DEFAULT_NORMALIZATION
+from darkhalo.outputs import atomic_write_bytes, write_json
+from darkhalo.params import load_params
+from darkhalo.stats import rate_with_interval
+from darkhalo.survey import survey_config
+from darkhalo.training import (MetadataTransform, checkpoint_dict, distributed_context, load_stamps,
+                               mix_hard_negatives, take, train_config, train_model)
+
+
+def main(argv: list[str] | None = None) -> None:
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        run(argv)
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
+
+
+def run(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--generation", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--inject", default=None, help="default data/inject/<generation>")
+    parser.add_argument("--quarantine", default=None, help="default data/gates/<generation>/quarantine.parquet")
+    parser.add_argument("--hard-negatives", default="data/hard_negatives")
+    parser.add_argument("--out", default=None, help="default data/models/<generation>/model.pt")
+    parser.add_argument("--live", default=None, help="default dvclive/<generation>")
+    parser.add_argument("--metrics", default=None, help="default metrics/<generation>/train.json")
+    args = parser.parse_args(argv)
+    gen = args.generation
+    params = load_params(args.params)
+    seed = survey_config(params, args.params).seed
+    config = train_config(params, gen, args.params)
+    inject_dir = args.inject or f"data/inject/{gen}"
+    quarantine = args.quarantine or f"data/gates/{gen}/quarantine.parquet"
+    out = args.out or f"data/models/{gen}/model.pt"
+    live_dir = args.live or f"dvclive/{gen}"
+    metrics_path = args.metrics or f"metrics/{gen}/train.json"
+    hashes = {"inject": content_hash(inject_dir), "quarantine": content_hash(quarantine)}
+
+    if config.import_checkpoint:
+        model, info = import_gen5_checkpoint(config.import_checkpoint)
+        hashes["imported_checkpoint"] = content_hash(config.import_checkpoint)
+        meta_tf = MetadataTransform(config.metadata_transform, [0.0, 0.0], [1.0, 1.0])
+        ckpt = checkpoint_dict(model, config, meta_tf, DEFAULT_NORMALIZATION, gen, info["epoch"], hashes,
+                               source=f"imported:{config.import_checkpoint}")
+        metrics = {"source": "imported", "epoch": info["epoch"]}
+        history = []
+    else:
+        excluded = pq.read_table(quarantine, columns=["task_id"]).column("task_id").to_numpy()
+        cols = config.metadata_columns
+        train = load_stamps(inject_dir, "train", DEFAULT_NORMALIZATION, cols, excluded)
+        val = load_stamps(inject_dir, "val", DEFAULT_NORMALIZATION, cols, excluded)
+        n_hard = 0
+        if config.hard_negative_frac > 0:
+            hashes["hard_negatives"] = content_hash(args.hard_negatives)
+            hard = load_stamps(args.hard_negatives, "train", DEFAULT_NORMALIZATION, cols, id_column="parent_id")
+            train, n_hard = mix_hard_negatives(train, hard, config.hard_negative_frac, seed)
+        if config.max_train_rows and len(train) > config.max_train_rows:
+            from darkhalo.rng import keyed_rng
+
+            keep = np.sort(keyed_rng(seed, f"train:{gen}:subsample").choice(len(train), config.max_train_rows,
+                                                                             replace=False))
+            train = take(train, keep)
+        if distributed_context()[1] != 0:  # other ranks train, rank 0 logs and writes
+            train_model(config, train, val, seed, gen)
+            return
+        from dvclive import Live
+
+        with Live(dir=live_dir, save_dvc_exp=False, dvcyaml=None, report=None) as live:
+            def log(epoch, entry):
+                for key, value in entry.items():
+                    if key != "epoch":
+                        live.log_metric(key, value)
+                live.next_step()
+
+            model, meta_tf, history = train_model(config, train, val, seed, gen, log)
+        ckpt = checkpoint_dict(model, config, meta_tf, DEFAULT_NORMALIZATION, gen, config.epochs, hashes)
+        last = history[-1] if history else {}
+        metrics = {"source": "trained", "epochs": config.epochs, "architecture": config.architecture,
+                   "train_rows": {"positives": int(train.labels.sum()), "negatives": int((train.labels == 0).sum()),
+                                  "hard_negatives": n_hard},
+                   "val_rows": len(val), "skipped_rows": {"train": train.skipped, "val": val.skipped},
+                   "final": {k: v for k, v in last.items() if k != "epoch"},
+                   "hard_negative_share_of_negatives": rate_with_interval(
+                       n_hard, max(int((train.labels == 0).sum()), 1))}
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    atomic_write_bytes(out, buffer.getvalue())
+    metrics["data_hashes"] = hashes
+    write_json(metrics_path, metrics)
+    if history:
+        print(f"train@{gen}: " + ", ".join(f"epoch {h['epoch']}: loss {h['train_loss']:.4f} val AUC {h['val_auc']:.4f}"
+                                           for h in history))
+
+
+if __name__ == "__main__":
+    main()

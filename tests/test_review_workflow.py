@@ -1,0 +1,178 @@
+"""The review workflow on the real dvc.yaml: one tiny `dvc repro` (survey ... report), then the DVC
+commands a reviewer runs -- metrics show / diff, plots, status after a param change, a queued experiment.
+
+The project is built once (shared by every test here, also across pytest-xdist workers, under a file
+lock); each test works in its own `git clone` with a copy of the DVC cache, so tests never share a
+workspace and nothing upstream is recomputed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, report_links_mismatching, review_params, write_params
+
+PROJECT_FILES = ["dvc.yaml", ".dvcignore", "stages", "darkhalo", "expectations"]
+UPSTREAM = {"survey", "survey_gallery", "split", "hard_negatives", "anchors", "inject@gen5", "inject@gen5p",
+            "benchmark_injections", "benchmark", "data_gates@gen5", "data_gates@gen5p", "train@gen5", "evaluate@gen5"}
+GEN5P_AND_AFTER = {"train@gen5p", "evaluate@gen5p", "compare", "report"}
+
+
+def run(cmd, cwd, timeout=900) -> str:
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "true", "GX_ANALYTICS_ENABLED": "false"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout + result.stderr
+
+
+DVC = [sys.executable, "-m", "dvc"]
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def build(root: Path) -> None:
+    """A git + DVC repository with this project's pipeline and tiny params, reproduced and committed."""
+    root.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, root / name)
+    write_params(root / "params.yaml", review_params())
+    run(["git", "init", "-q"], root)
+    run(["git", "config", "user.email", "ci@example.org"], root)
+    run(["git", "config", "user.name", "ci"], root)
+    run(DVC + ["init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "tiny project"], root)
+    output = run(DVC + ["repro"], root)
+    assert {"compare", "report"} <= ran_stages(output), output[-3000:]
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "baseline: both generations evaluated, compared, reported"], root)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """The reproduced tiny project (built once per session, whichever xdist worker gets here first)."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    root, done = shared / "review_project", shared / "review_project.ok"
+    with FileLock(str(shared / "review_project.lock")):
+        if not done.exists():
+            if root.exists():
+                shutil.rmtree(root)
+            build(root)
+            done.write_text("ok")
+    return root
+
+
+@pytest.fixture
+def clone(built, tmp_path) -> Path:
+    """A private workspace: git clone of the built project plus a copy of its DVC cache, checked out."""
+    root = tmp_path / "review"
+    run(["git", "clone", "-q", str(built), str(root)], tmp_path)
+    run(["git", "config", "user.email", "ci@example.org"], root)
+    run(["git", "config", "user.name", "ci"], root)
+    shutil.copytree(built / ".dvc" / "cache", root / ".dvc" / "cache")
+    run(DVC + ["checkout", "-q"], root)
+    return root
+
+
+def set_param(root: Path, dotted: str, value) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    node = params
+    *path, last = dotted.split(".")
+    for key in path:
+        node = node[key]
+    node[last] = value
+    write_params(root / "params.yaml", params)
+
+
+def test_metrics_plots_and_report_cover_both_generations(clone):
+    assert "Data and pipelines are up to date" in run(DVC + ["status"], clone)
+    shown = json.loads(run(DVC + ["metrics", "show", "--json"], clone))
+    data = next(iter(shown.values()))["data"]
+    for gen in ("gen5", "gen5p"):
+        for name in ("evaluate", "model_gates", "train", "inject", "data_gates"):
+            assert f"metrics/{gen}/{name}.json" in data, sorted(data)
+    assert data["metrics/gen5/evaluate.json"]["data"]["benchmark_sha256"] == \
+        data["metrics/gen5p/evaluate.json"]["data"]["benchmark_sha256"] == \
+        data["metrics/compare.json"]["data"]["benchmark_sha256"]
+    compare = data["metrics/compare.json"]["data"]
+    assert (compare["baseline"], compare["candidate"]) == ("gen5", "gen5p") and compare["n_metrics"] > 20
+    # one plot per curve holding both generations (top-level plots, generations from compare.*)
+    plots = json.loads(run(DVC + ["plots", "show", "--json"], clone))
+    assert not plots.get("errors"), plots.get("errors")
+    for plot_id in ("roc", "completeness_theta_e", "completeness_arc_snr"):
+        values = plots["data"][plot_id][0]["content"]["data"]["values"]
+        assert {"gen5", "gen5p"} <= {v["filename"].split("/")[0] for v in values}, plot_id
+    assert "plots/compare/completeness_theta_e_diff.csv" in plots["data"]
+    # the report: its numbers are the metrics files' numbers, its figures exist
+    report = clone / "reports" / "remediation.md"
+    n_links, bad = report_links_mismatching(report, clone)
+    assert n_links > 200 and not bad, bad[:10]
+    text = report.read_text()
+    for section in ("## Summary", "## Which remediation helped", "## Data gates", "## Model gates", "## Split",
+                    "## Anchors", "## Injection priors", "## Galleries", "### Are the gate thresholds appropriate?",
+                    "### Priorities"):
+        assert section in text, section
+    assert "## Missing inputs" not in text
+    for png in re.findall(r"\]\((remediation/[^)]+\.png)\)", text):
+        assert (clone / "reports" / png).stat().st_size > 5_000, png
+    assert (clone / "reports/remediation/gallery_gen5p_false_positives.png").exists()
+
+
+def test_gen5p_training_param_reruns_only_gen5p_training_and_after(clone):
+    set_param(clone, "generations.gen5p.train.learning_rate", 0.0005)
+    stale = set(json.loads(run(DVC + ["status", "--json"], clone)))
+    assert "train@gen5p" in stale and stale <= GEN5P_AND_AFTER and not stale & UPSTREAM, stale
+    output = run(DVC + ["repro"], clone)
+    assert ran_stages(output) == GEN5P_AND_AFTER, output[-2000:]       # survey, split, injection, gen5: cached
+    run(["git", "add", "-A"], clone)
+    run(["git", "commit", "-qm", "gen5p: learning rate 5e-4"], clone)
+    diff = run(DVC + ["metrics", "diff", "HEAD~1", "--md"], clone)
+    assert diff.startswith("| Path") and "| Change" in diff.splitlines()[0]
+    moved = {line.split("|")[1].strip() for line in diff.splitlines()[2:] if line.startswith("|")}
+    assert "metrics/gen5p/train.json" in moved and "metrics/gen5p/evaluate.json" in moved, moved
+    assert not any(path.startswith(("metrics/gen5/", "metrics/split", "metrics/survey")) for path in moved), moved
+    params = run(DVC + ["params", "diff", "HEAD~1", "--md"], clone)
+    assert "generations.gen5p.train.learning_rate" in params
+    overlay = json.loads(run(DVC + ["plots", "diff", "HEAD~1", "--json"], clone))
+    revs = {v["rev"] for v in overlay["data"]["roc"][0]["content"]["data"]["values"]}
+    assert len(revs) == 2, revs
+
+
+def test_queued_gen5p_variant_runs_and_reports_its_metrics(clone):
+    out = run(DVC + ["exp", "run", "--queue", "-S", "generations.gen5p.train.hard_negative_frac=0.5", "-n", "hnf05"],
+              clone)
+    assert "Queued experiment 'hnf05'" in out
+    run(DVC + ["exp", "run", "--run-all"], clone)
+    shown = json.loads(run(DVC + ["exp", "show", "--json"], clone))
+    exps = [rev for entry in shown for exp in (entry.get("experiments") or []) for rev in exp["revs"]
+            if rev.get("name") == "hnf05"]
+    assert len(exps) == 1, json.dumps(shown)[:2000]
+    data = exps[0]["data"]
+    assert data["params"]["params.yaml"]["data"]["generations"]["gen5p"]["train"]["hard_negative_frac"] == 0.5
+    metrics = data["metrics"]
+    train = metrics["metrics/gen5p/train.json"]["data"]
+    assert train["hard_negative_share_of_negatives"]["rate"] > 0.3, train
+    assert metrics["metrics/compare.json"]["data"]["candidate"] == "gen5p"
+    assert "roc" in metrics["metrics/gen5p/evaluate.json"]["data"]
+    diff = run(DVC + ["exp", "diff", "HEAD", "hnf05", "--md"], clone)
+    assert "metrics/gen5p/train.json" in diff and "generations.gen5p.train.hard_negative_frac" in diff
+    assert "metrics/gen5/" not in diff
