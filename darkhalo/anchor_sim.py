@@ -121,7 +121,7 @@ def simulate_anchors(config: survey.SurveyConfig, engine: EngineSettings, specs:
             if key in lists:
                 for k, i in enumerate(idx):
                     lists[key][i] = [float(v) for v in np.asarray(values[k]).reshape(-1)]
-            else:
+            elif key in inj:  # (src_bank_index: anchors draw Sersic sources)
                 inj[key][idx] = values
         for key in ("src_dmag", "src_mag_r", "src_gr", "src_rz"):
             inj[key][idx] = cands[key]

@@ -14,7 +14,7 @@ Without an arc-SNR target every task takes its first candidate.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -24,9 +24,10 @@ import torch
 from .lensing import CLUMP_KEYS, LENS_KEYS, SOURCE_KEYS, RenderSettings, render_arcs
 from .parallel import ENGINE_RULE
 from .normalize import core_mask
-from .params import FRACTION, NON_NEGATIVE, POSITIVE, ParamError, build, section
+from .params import FRACTION, POSITIVE, ParamError, build, section
 from .priors import Prior, PriorSet, parse_prior
 from .rng import stream_id
+from .source_bank import SourceBank
 from .stamps import StampBatch, native_columns
 from .units import BANDS, PIXEL_SCALE_ARCSEC, flux_nmgy_from_mag, pixel_area_arcsec2
 
@@ -77,7 +78,7 @@ class GenerationSpec:
     arc_snr_target: Prior | None = None
     n_candidates: int = 1
     replicates: int = 1
-    extra: dict = field(default_factory=dict)
+    source_bank: str = ""  # HDF5 bank of real morphologies (source_bank.py); "" = Sersic sources
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,13 @@ def injection_spec(name: str, spec: dict, default_priors: dict, key: str, path: 
         ints[k] = value
     if target_prior is None and ints["n_candidates"] != 1:
         raise ParamError(f"{where}.n_candidates = {ints['n_candidates']}: needs an arc_snr_target")
-    return GenerationSpec(name, priors, ints["n_clumps"], target_prior, ints["n_candidates"], ints["replicates"])
+    bank = spec.get("source_bank", "") or ""
+    if not isinstance(bank, str):
+        raise ParamError(f"{where}.source_bank = {bank!r}: must be a path (or empty)")
+    if bank and ints["n_clumps"]:
+        raise ParamError(f"{where}: a source_bank source has its own morphology; set n_clumps: 0")
+    return GenerationSpec(name, priors, ints["n_clumps"], target_prior, ints["n_candidates"], ints["replicates"],
+                          bank)
 
 
 def task_seed64(seed: int, generation: str, parent_id: int, replicate: int) -> int:
@@ -155,6 +162,12 @@ def draw_candidates(config: InjectConfig, parents: dict, parent_rows: np.ndarray
     out = {k: [] for k in ("row", "replicate", "attempt", "task_seed64", "config_id", *PRIOR_NAMES,
                            "lens_q", "lens_phi_rad", "src_x_arcsec", "src_y_arcsec", "src_phi_rad", "shear_phi_rad")}
     clumps = {k: [] for k in ("clump_dx_arcsec", "clump_dy_arcsec", "clump_sigma_arcsec", "clump_share")}
+    n_bank = 0
+    if gen.source_bank:
+        bank = SourceBank(gen.source_bank)
+        n_bank = bank.n_sources
+        bank.close()
+    out["src_bank_index"] = []
     for row in parent_rows:
         for rep in range(gen.replicates):
             seed64 = task_seed64(config.seed, gen.name, int(parents["parent_id"][row]), rep)
@@ -170,6 +183,7 @@ def draw_candidates(config: InjectConfig, parents: dict, parent_rows: np.ndarray
                     src_x_arcsec=float(parents["lrg_x_arcsec"][row] + radius * np.cos(angle)),
                     src_y_arcsec=float(parents["lrg_y_arcsec"][row] + radius * np.sin(angle)),
                     src_phi_rad=float(rng.uniform(0, np.pi)), shear_phi_rad=float(rng.uniform(0, np.pi)))
+                v["src_bank_index"] = int(rng.integers(n_bank)) if n_bank else -1
                 for key in out:
                     out[key].append(v[key])
                 k = gen.n_clumps
@@ -178,7 +192,7 @@ def draw_candidates(config: InjectConfig, parents: dict, parent_rows: np.ndarray
                 clumps["clump_dy_arcsec"].append(rng.normal(0, v["src_reff_arcsec"], k))
                 clumps["clump_sigma_arcsec"].append(np.full(k, v["clump_sigma_arcsec"]))
                 clumps["clump_share"].append(share)
-    ints = {"row", "replicate", "attempt", "config_id", "task_seed64"}
+    ints = {"row", "replicate", "attempt", "config_id", "task_seed64", "src_bank_index"}
     cands = {k: np.asarray(v, dtype=np.int64 if k in ints else np.float64) for k, v in out.items()}
     for k, v in clumps.items():
         cands[k] = np.asarray(v, dtype=np.float64).reshape(len(cands["row"]), gen.n_clumps)
@@ -205,12 +219,15 @@ def _device(name: str) -> torch.device:
 
 
 def render_columns(cols: dict, settings: RenderSettings, device: str = "cpu",
-                   batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+                   batch_size: int = 64, source_images: np.ndarray | None = None,
+                   source_pixel_scale_arcsec: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
     """Noiseless arcs (N, 3, S, S) float32 and pre-PSF lensed flux (N, 3) from injection columns.
 
     ``cols`` maps the output column names (theta_e_arcsec, lens_q, ..., src_flux_nmgy_<band>
     = total source flux, src_clump_*  (N, K) arrays, psf_fwhm_used_<band>) to arrays: this is
-    how any written row is redrawn by the engine from its columns alone.
+    how any written row is redrawn by the engine from its columns alone.  With
+    ``source_images`` (N, H, W) (a source bank's stamps at ``source_pixel_scale_arcsec``)
+    the source is that image, centred on (src_x, src_y) and rotated by src_phi_rad.
     """
     dev = _device(device)
     f32 = dict(dtype=torch.float32, device=dev)
@@ -234,8 +251,9 @@ def render_columns(cols: dict, settings: RenderSettings, device: str = "cpu",
             for key in CLUMP_KEYS:
                 p[key] = torch.tensor(np.asarray(cols[f"src_{key}"], np.float64).reshape(n, k)[sl], **f32)
             clumps = torch.as_tensor(clump_flux[sl], **f32)
+        images = None if source_images is None else torch.tensor(source_images[sl], **f32)
         with torch.no_grad():
-            arcs, lensed = render_arcs(p, settings, clumps)
+            arcs, lensed = render_arcs(p, settings, clumps, images, source_pixel_scale_arcsec)
         arcs_out.append(arcs.cpu().numpy())
         lensed_out.append(lensed.cpu().numpy())
     return np.concatenate(arcs_out), np.concatenate(lensed_out)
@@ -256,13 +274,26 @@ def candidate_columns(cands: dict, idx: np.ndarray, parents: dict) -> dict:
         cols[f"src_clump_flux_nmgy_{band}"] = cands["clump_flux_nmgy"][idx][:, :, j]
     for key in CLUMP_KEYS:
         cols[f"src_{key}"] = cands[key][idx]
+    cols["src_bank_index"] = cands["src_bank_index"][idx] if "src_bank_index" in cands else np.full(len(idx), -1)
     return cols
+
+
+def source_images(config: InjectConfig, cols: dict) -> tuple[np.ndarray | None, float]:
+    """(bank images of these rows, bank pixel scale) for a source-bank generation, else (None, 0)."""
+    if not config.generation.source_bank:
+        return None, 0.0
+    bank = SourceBank(config.generation.source_bank)
+    try:
+        return bank.images(cols["src_bank_index"]), bank.pixel_scale_arcsec
+    finally:
+        bank.close()
 
 
 def render_candidates(config: InjectConfig, cands: dict, idx: np.ndarray, parents: dict) -> tuple[np.ndarray, np.ndarray]:
     """Noiseless arcs and pre-PSF lensed flux of candidates ``idx`` (see render_columns)."""
-    return render_columns(candidate_columns(cands, idx, parents), config.render, config.engine.device,
-                          config.engine.batch_size)
+    cols = candidate_columns(cands, idx, parents)
+    images, scale = source_images(config, cols)
+    return render_columns(cols, config.render, config.engine.device, config.engine.batch_size, images, scale)
 
 
 def good_pixels(stamps: StampBatch) -> np.ndarray:
@@ -408,7 +439,8 @@ def inject_parents(config: InjectConfig, parents: pa.Table, stamps: StampBatch, 
     sel = chosen[chosen >= 0]
     rows = cands["row"][sel]
     cols = candidate_columns(cands, sel, cat)
-    arcs, lensed = render_columns(cols, config.render, config.engine.device, config.engine.batch_size)
+    images, scale = source_images(config, cols)
+    arcs, lensed = render_columns(cols, config.render, config.engine.device, config.engine.batch_size, images, scale)
     good = good_pixels(stamps)[rows]
     invvar = stamps.invvar[rows]
     seeds = cands["task_seed64"][sel]
@@ -445,7 +477,9 @@ def inject_parents(config: InjectConfig, parents: pa.Table, stamps: StampBatch, 
     for key in ("src_dmag", "src_mag_r", "src_gr", "src_rz", "src_clump_flux_frac"):
         add(key, cands[key][sel])
     for key, values in cols.items():
-        if not key.startswith("src_clump_"):
+        if key == "src_bank_index":
+            add(key, values, pa.int32())
+        elif not key.startswith("src_clump_"):
             add(key, values)
     add("src_n_clumps", np.full(n, config.generation.n_clumps), pa.int32())
     for j, band in enumerate(BANDS):

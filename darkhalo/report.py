@@ -436,7 +436,8 @@ class Report:
     REMEDIATIONS = (
         ("hard-negative mixing", ("train", "hard_negative_frac"), ("hard_negative_fpr",)),
         ("centre masking during training", ("train", "centre_mask_prob"), ("model_gates",)),
-        ("arc-S/N targeting and wider grids", None, ("completeness", "completeness_theta_e", "completeness_arc_snr", "roc")),
+        ("arc-S/N targeting and wider grids", None,
+         ("completeness", "completeness_theta_e", "completeness_arc_snr", "roc")),
     )
 
     def setting(self, gen: str, key: str) -> str:
@@ -452,7 +453,8 @@ class Report:
         lines = ["## Which remediation helped", "",
                  "Each remediation is judged by the metrics it was meant to move (verdict counts per metric family; "
                  "the table below has every number).", "",
-                 f"| remediation | {i.baseline} | {i.candidate} | metric families | better | worse | not distinguishable "
+                 f"| remediation | {i.baseline} | {i.candidate} | metric families | better | worse | not "
+                 f"distinguishable "
                  "| not resolvable | conclusion |", "|---|---|---|---|---|---|---|---|---|"]
         for name, setting, families in self.REMEDIATIONS:
             if setting:
@@ -460,7 +462,8 @@ class Report:
                 a, b = f"{setting[1]} {a}", f"{setting[1]} {b}"
             else:
                 a, b = ([f"{s.n(i.m(g, 'inject'), 'priors', 'n_grid_configs')} grid configs, target "
-                         + (f"{s.n(i.m(g, 'inject'), 'arc_snr_target', 'kind')}" if s.opt(i.m(g, 'inject'), 'arc_snr_target')
+                         + (f"{s.n(i.m(g, 'inject'), 'arc_snr_target', 'kind')}"
+                            if s.opt(i.m(g, 'inject'), 'arc_snr_target')
                             else "none") if s.has(i.m(g, "inject")) else "—" for g in i.generations])
             present = [f for f in families if f in fam]
             if not present:
@@ -471,7 +474,8 @@ class Report:
             conclusion = ("mixed: better on some metrics, worse on others" if total["better"] and total["worse"] else
                           "helped" if total["better"] else "hurt" if total["worse"] else
                           "no measurable effect" if total["not distinguishable"] else "not measurable here")
-            lines.append(f"| {name} | {a} | {b} | {', '.join(present)} | " + " | ".join(counts) + f" | **{conclusion}** |")
+            lines.append(f"| {name} | {a} | {b} | {', '.join(present)} | " + " | ".join(counts)
+                         + f" | **{conclusion}** |")
         cal = "calibration" in fam
         if cal:
             lines += ["", "- " + self.metric_sentence("ece") + " (not a remediation target; reported because the "
@@ -500,11 +504,13 @@ class Report:
                         else f"blocking {s.n_or(f, 'blocking')}")
             lines.append(f"- {g}: verdict **{s.n(f, 'verdict')}** ({s.n(f, 'n_gates', 'fail')} failed, "
                          f"{s.n(f, 'n_gates', 'pass')} passed, {s.n(f, 'n_gates', 'skipped')} skipped; {blocking}); "
-                         f"{s.n_or(f, 'quarantine', 'n_rows')} rows quarantined ({s.n_or(f, 'quarantine', 'fraction')} of "
+                         f"{s.n_or(f, 'quarantine', 'n_rows')} rows quarantined "
+                         f"({s.n_or(f, 'quarantine', 'fraction')} of "
                          f"{s.n_or(f, 'n_rows')}). Full report: `reports/{g}/data_gates.md`.")
         lines += ["", "Statistical and shortcut gates (row contracts that passed for every generation are "
                       "counted above, not listed):", "",
-                  "| gate | check | " + " | ".join(files) + " | tolerance |", "|---|---|" + "---|" * len(files) + "---|"]
+                  "| gate | check | " + " | ".join(files) + " | tolerance "
+                  "|", "|---|---|" + "---|" * len(files) + "---|"]
         ids = []
         for f in files.values():
             for gid in s.get(f, "gates"):
@@ -530,11 +536,13 @@ class Report:
         stat = e.get("statistic") or {}
         if "ks_d" in stat:
             body = (f"KS D {s.n(f, 'gates', gid, 'statistic', 'ks_d')} (null 95% "
-                    f"{s.n_or(f, 'gates', gid, 'interval', 'ks_d_null95')}), SMD {s.n(f, 'gates', gid, 'statistic', 'smd')}"
+                    f"{s.n_or(f, 'gates', gid, 'interval', 'ks_d_null95')}), SMD "
+                    f"{s.n(f, 'gates', gid, 'statistic', 'smd')}"
                     + (f" (null 95% {s.n(f, 'gates', gid, 'interval', 'smd_null95')})"
                        if s.opt(f, "gates", gid, "interval", "smd_null95") is not None else ""))
         elif "auc" in stat:
-            body = (f"AUC {s.n(f, 'gates', gid, 'statistic', 'auc')} [{s.n(f, 'gates', gid, 'interval', 'auc_ci95', 0)}, "
+            body = (f"AUC {s.n(f, 'gates', gid, 'statistic', 'auc')} "
+                    f"[{s.n(f, 'gates', gid, 'interval', 'auc_ci95', 0)}, "
                     f"{s.n(f, 'gates', gid, 'interval', 'auc_ci95', 1)}]")
         elif "ratio" in stat:
             body = (f"ratio {s.n(f, 'gates', gid, 'statistic', 'ratio')} "
@@ -556,7 +564,8 @@ class Report:
     def model_gates(self) -> list[str]:
         s, i = self.s, self.i
         lines = ["## Model gates", "",
-                 f"| generation | gate | statistic | value [95% interval] | tolerance | passed |", "|---|---|---|---|---|---|"]
+                 f"| generation | gate | statistic | value [95% interval] | tolerance | passed "
+                 f"|", "|---|---|---|---|---|---|"]
         for g in i.generations:
             f, ev = i.m(g, "model_gates"), i.m(g, "evaluate")
             if not (self.need(f) and self.need(ev)):
@@ -574,12 +583,14 @@ class Report:
             if not s.has(ev):
                 continue
             p = ("gate_1_3_null_injection", "purity")
-            lines.append(f"- {g}: mean score of test controls {s.n(ev, 'gate_1_3_null_injection', 'mean_score', 'mean')}"
+            lines.append(f"- {g}: mean score of test controls "
+                         f"{s.n(ev, 'gate_1_3_null_injection', 'mean_score', 'mean')}"
                          f" {s.interval(ev, 'gate_1_3_null_injection', 'mean_score')}; purity implied at prevalence "
                          f"{s.n(ev, *p, 'prevalence')}: {s.n(ev, *p, 'purity')} {s.interval(ev, *p)}. Gate 1.7: "
                          f"{s.n(ev, 'gate_1_7_arc_suppressed', 'positives_detected')} detected of "
                          f"{s.n(ev, 'gate_1_7_arc_suppressed', 'positives_resolved')} resolved positives; mean score "
-                         f"with the arc removed {s.n(ev, 'gate_1_7_arc_suppressed', 'mean_score_detected_arc_suppressed')}"
+                         f"with the arc removed "
+                         f"{s.n(ev, 'gate_1_7_arc_suppressed', 'mean_score_detected_arc_suppressed')}"
                          f" vs controls {s.n(ev, 'gate_1_7_arc_suppressed', 'mean_score_controls')}.")
         return lines + [""]
 
@@ -589,16 +600,19 @@ class Report:
         lines = ["## Split (HEALPix, region-disjoint)", ""]
         if not self.need(f):
             return lines + [f"**Missing input**: `{f}`.", ""]
-        lines += [f"NSIDE {s.n(f, 'nside')} ({s.get(f, 'healpix_scheme')}; pixels of {s.n(f, 'pixel_area_deg2')} deg²), "
+        lines += [f"NSIDE {s.n(f, 'nside')} ({s.get(f, 'healpix_scheme')}; pixels of "
+                  f"{s.n(f, 'pixel_area_deg2')} deg²), "
                   f"guard band {s.n(f, 'guard_rings')} ring(s); {s.n(f, 'n_parents')} parents in "
-                  f"{s.n(f, 'n_units')} assignment units (largest unit {s.n(f, 'largest_unit_fraction')} of the parents)"
+                  f"{s.n(f, 'n_units')} assignment units (largest unit {s.n(f, 'largest_unit_fraction')} of the "
+                  f"parents)"
                   f"; footprint {s.n(f, 'area_deg2')} deg². Guard band: {s.n(f, 'guard', 'n_pixels')} pixels, "
                   f"{s.n(f, 'guard', 'area_deg2')} deg² ({s.n(f, 'guard', 'fraction_of_area_lost')} of the area), "
                   f"{s.n(f, 'guard', 'n_parents')} parents ({s.n(f, 'guard', 'fraction_of_parents_lost')}) lost.", "",
                   "| split | parents | fraction (declared) | HEALPix pixels | area deg² |", "|---|---|---|---|---|"]
         for split in s.get(f, "splits"):
             lines.append(f"| {split} | {s.n(f, 'splits', split, 'n_parents')} | "
-                         f"{s.n(f, 'splits', split, 'fraction_of_kept_parents')} ({s.n(f, 'splits', split, 'declared_fraction')})"
+                         f"{s.n(f, 'splits', split, 'fraction_of_kept_parents')} "
+                         f"({s.n(f, 'splits', split, 'declared_fraction')})"
                          f" | {s.n(f, 'splits', split, 'n_pixels')} | {s.n(f, 'splits', split, 'area_deg2')} |")
         return lines + [""]
 
@@ -608,8 +622,10 @@ class Report:
         lines = ["## Anchors (known lenses)", ""]
         if not self.need(f):
             return lines + [f"**Missing input**: `{f}`.", ""]
-        lines.append(f"Mode {s.n(f, 'mode')}; {s.n(f, 'n_written')} anchors written, {s.n(f, 'drops', 'n_dropped')} dropped "
-                     f"by the position/centre checks (policy {s.n(f, 'drops', 'centre_policy')}). Tier A: arc-visibility "
+        lines.append(f"Mode {s.n(f, 'mode')}; {s.n(f, 'n_written')} anchors written, "
+                     f"{s.n(f, 'drops', 'n_dropped')} dropped "
+                     f"by the position/centre checks (policy {s.n(f, 'drops', 'centre_policy')}). Tier A: "
+                     f"arc-visibility "
                      f"S/N ≥ {s.n(f, 'tier_snr_threshold')}.")
         lines += ["", "| set | n | tier A | tier B | tier A fraction [95%] |", "|---|---|---|---|---|"]
         for name in s.get(f, "counts"):
@@ -617,7 +633,8 @@ class Report:
                          f"{s.n(f, 'counts', name, 'B')} | {s.n(f, 'tier_a_fraction', name, 'rate')} "
                          f"{s.interval(f, 'tier_a_fraction', name)} |")
         lines += ["", "Recall per set and tier at each generation's operating threshold (Wilson 95%):", "",
-                  "| group | " + " | ".join(i.generations) + " | Δ [interval] verdict |", "|---|" + "---|" * len(i.generations) + "---|"]
+                  "| group | " + " | ".join(i.generations) + " | Δ [interval] verdict "
+                  "|", "|---|" + "---|" * len(i.generations) + "---|"]
         groups = []
         for g in i.generations:
             for k in (s.opt(i.m(g, "evaluate"), "anchor_recall_by_group") or {}):
@@ -635,7 +652,8 @@ class Report:
         s, cmp = self.s, self.i.compare
         if s.opt(cmp, "metrics", name) is None:
             return "—"
-        return f"{s.n(cmp, 'metrics', name, 'diff')} {s.interval(cmp, 'metrics', name)} {s.n(cmp, 'metrics', name, 'verdict')}"
+        return (f"{s.n(cmp, 'metrics', name, 'diff')} {s.interval(cmp, 'metrics', name)} "
+                f"{s.n(cmp, 'metrics', name, 'verdict')}")
 
     def hard_negatives(self) -> list[str]:
         s, i = self.s, self.i
@@ -643,7 +661,8 @@ class Report:
         if self.need(i.hard_negatives):
             f = i.hard_negatives
             lines.append(f"Mode {s.n(f, 'mode')}; benchmark (test split) counts per class: "
-                         + ", ".join(f"{k} {s.n(f, 'counts', 'test', k)}" for k in s.opt(f, "counts", "test", default={}))
+                         + ", ".join(f"{k} {s.n(f, 'counts', 'test', k)}"
+                                     for k in s.opt(f, "counts", "test", default={}))
                          + ".")
         lines += ["", "| class | " + " | ".join(f"{g} FPR [95%]" for g in i.generations) + " | Δ [interval] verdict |",
                   "|---|" + "---|" * len(i.generations) + "---|"]
@@ -662,8 +681,10 @@ class Report:
         s, i = self.s, self.i
         lines = ["## Injection priors and the achieved arc S/N", ""]
         claimed = self.c.claimed_n_grid_configs or {}
-        rows = ["| generation | grid configurations | claimed in the hand-written report | grid sizes | theta_E p5 / p50 / p95 "
-                "| arc_snr p5 / p50 / p95 | arc_snr target | KS D achieved vs target | candidate acceptance | task acceptance |",
+        rows = ["| generation | grid configurations | claimed in the hand-written report | grid sizes "
+                "| theta_E p5 / p50 / p95 "
+                "| arc_snr p5 / p50 / p95 | arc_snr target | KS D achieved vs target | candidate acceptance | task "
+                "acceptance |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         mismatches = []
         for g in i.generations:
@@ -675,13 +696,16 @@ class Report:
             if g in claimed and claimed[g] != s.get(f, "priors", "n_grid_configs"):
                 mismatches.append(g)
             target = s.opt(f, "arc_snr_target")
-            tcell = (f"{s.n(f, 'arc_snr_target', 'kind')} [{s.n(f, 'arc_snr_target', 'lo')}, {s.n(f, 'arc_snr_target', 'hi')}]"
+            tcell = (f"{s.n(f, 'arc_snr_target', 'kind')} "
+                     f"[{s.n(f, 'arc_snr_target', 'lo')}, {s.n(f, 'arc_snr_target', 'hi')}]"
                      if target else "none")
             ks = s.n(f, "arc_snr_target", "ks_distance_achieved_vs_target") if target else "—"
             cand = s.rate(f, "arc_snr_target", "candidate_acceptance") if target else "—"
             rows.append(f"| {g} | {s.n(f, 'priors', 'n_grid_configs')} | {claim} | {sizes} | "
-                        f"{s.n(f, 'theta_e_arcsec', 'p5')} / {s.n(f, 'theta_e_arcsec', 'p50')} / {s.n(f, 'theta_e_arcsec', 'p95')} | "
-                        f"{s.n(f, 'arc_snr', 'p5')} / {s.n(f, 'arc_snr', 'p50')} / {s.n(f, 'arc_snr', 'p95')} | {tcell} | {ks} | "
+                        f"{s.n(f, 'theta_e_arcsec', 'p5')} / {s.n(f, 'theta_e_arcsec', 'p50')} / "
+                        f"{s.n(f, 'theta_e_arcsec', 'p95')} | "
+                        f"{s.n(f, 'arc_snr', 'p5')} / {s.n(f, 'arc_snr', 'p50')} / {s.n(f, 'arc_snr', 'p95')} | "
+                        f"{tcell} | {ks} | "
                         f"{cand} | {s.rate(f, 'task_acceptance')} |")
         lines += rows + [""]
         for g in mismatches:
@@ -715,7 +739,8 @@ class Report:
     def review(self) -> list[str]:
         lines = ["## Review questions, answered from the metrics", ""]
         for title, fn in (("Are the gate thresholds appropriate?", self.q_thresholds),
-                          ("What does the centre-masked diagnostic show once the mask is scaled to theta_E?", self.q_mask),
+                          ("What does the centre-masked diagnostic show once the mask is scaled to theta_E?",
+                           self.q_mask),
                           ("Are the anchors sufficient?", self.q_anchors),
                           ("Are the parameter ranges reasonable?", self.q_ranges),
                           ("The NSIDE and guard-band choice: what did it cost?", self.q_nside),
@@ -741,21 +766,27 @@ class Report:
             effect = [gid for gid, e in gates.items() if "ks_d" in (e.get("statistic") or {})]
             if noisy:
                 gid = noisy[0]
-                out.append(f"- {g}, gates 1.1/1.5: for {len(noisy)} of {len(effect)} effect-size checks the KS tolerance "
-                           f"({s.n(f, 'gates', gid, 'tolerance', 'max_ks_d')}) is below the KS D that sampling noise alone "
+                scope = "every effect-size check" if len(noisy) == len(effect) else "the checks " + ", ".join(noisy)
+                out.append(f"- {g}, gates 1.1/1.5: for {scope} the KS tolerance "
+                           f"({s.n(f, 'gates', gid, 'tolerance', 'max_ks_d')}) is below the KS D that sampling noise "
+                           f"alone "
                            f"reaches 5% of the time at this sample size (e.g. {gid}: "
                            f"{s.n(f, 'gates', gid, 'interval', 'ks_d_null95')}), so a pass or fail there is decided by "
                            "noise: these gates need more stamps or a tolerance tied to the null level.")
                 if noisy_smd:
                     gid = noisy_smd[0]
-                    out.append(f"- {g}: likewise the |SMD| tolerance ({s.n(f, 'gates', gid, 'tolerance', 'max_abs_smd')}) "
-                               f"is below the SMD noise level for {len(noisy_smd)} checks (e.g. {gid}: "
+                    out.append(f"- {g}: likewise the |SMD| tolerance "
+                               f"({s.n(f, 'gates', gid, 'tolerance', 'max_abs_smd')}) "
+                               f"is below the SMD noise level "
+                               f"({'every check' if len(noisy_smd) == len(effect) else ', '.join(noisy_smd)}; e.g. "
+                               f"{gid}: "
                                f"{s.n(f, 'gates', gid, 'interval', 'smd_null95')}).")
             elif effect:
                 gid = effect[0]
                 out.append(f"- {g}, gates 1.1/1.5: the KS tolerance is above the noise level of KS D for every "
                            f"effect-size check (e.g. {gid}: tolerance {s.n(f, 'gates', gid, 'tolerance', 'max_ks_d')}, "
-                           f"null 95% {s.n(f, 'gates', gid, 'interval', 'ks_d_null95')}): a failure is a real difference.")
+                           f"null 95% {s.n(f, 'gates', gid, 'interval', 'ks_d_null95')}): a failure is a real "
+                           f"difference.")
             core = s.opt(f, "gates", "1.6:core_only_auc")
             if core and core.get("interval", {}).get("auc_ci95"):
                 lo, hi = core["interval"]["auc_ci95"]
@@ -771,13 +802,15 @@ class Report:
             ratios = [gid for gid, e in gates.items() if gid.startswith("1.8:")]
             failed = [gid for gid in ratios if gates[gid]["verdict"] == "fail"]
             if ratios:
-                out.append(f"- {g}, gate 1.8 (core brightness): {len(failed)} of {len(ratios)} bands outside the band"
-                           + (": " + ", ".join(f"{gid} {s.n(f, 'gates', gid, 'statistic', 'ratio')}" for gid in failed)
-                              if failed else "") + ".")
+                out.append(f"- {g}, gate 1.8 (core brightness): "
+                           + ("outside the band: " + ", ".join(f"{gid} {s.n(f, 'gates', gid, 'statistic', 'ratio')}"
+                                                               for gid in failed) if failed else "every band within it")
+                           + ".")
         ev = {g: i.m(g, "evaluate") for g in i.generations if s.has(i.m(g, "evaluate"))}
         for g, f in ev.items():
             p = ("gate_1_3_null_injection", "purity")
-            out.append(f"- {g}, gate 1.3: the tolerance {s.n(i.params, 'evaluate', 'gate13_max_fraction_above')} on the "
+            out.append(f"- {g}, gate 1.3: the tolerance "
+                       f"{s.n(i.params, 'evaluate', 'gate13_max_fraction_above')} on the "
                        f"test-control fraction above threshold compares with the operating FPR "
                        f"{s.n(i.params, 'evaluate', 'operating_fpr')} the threshold was set at; observed "
                        f"{s.rate(f, 'gate_1_3_null_injection', 'fraction_above')}. Passing it is not a purity "
@@ -785,7 +818,11 @@ class Report:
                        f"{s.n(f, *p, 'purity')} {s.interval(f, *p)}.")
             out[-1] += " " + self.decided(s.get(f, "gate_1_3_null_injection", "fraction_above"),
                                           s.get(i.params, "evaluate", "gate13_max_fraction_above"))
-            out.append(f"- {g}, gate 1.7: retained fraction {s.rate(f, 'gate_1_7_arc_suppressed', 'retained_fraction')} "
+            if s.get(i.params, "evaluate", "gate13_max_fraction_above") < s.get(i.params, "evaluate", "operating_fpr"):
+                out[-1] += (" The tolerance is below the FPR the threshold is set at, so the gate fails by "
+                            "construction: choose the two together.")
+            out.append(f"- {g}, gate 1.7: retained fraction "
+                       f"{s.rate(f, 'gate_1_7_arc_suppressed', 'retained_fraction')} "
                        f"against ≤ {s.n(i.params, 'evaluate', 'gate17_max_retained_fraction')} (an arc-reading model "
                        f"retains about its false-positive rate). "
                        + self.decided(s.get(f, "gate_1_7_arc_suppressed", "retained_fraction"),
@@ -824,7 +861,8 @@ class Report:
         for name in self.mask_order(cov):
             out.append(f"- A fixed {s.n(i.compare, 'benchmark', 'fixed_mask_coverage', name, 'radius_pix')} px mask "
                        f"({s.n(i.compare, 'benchmark', 'fixed_mask_coverage', name, 'radius_arcsec')}\") covers the "
-                       f"Einstein radius of {s.rate(i.compare, 'benchmark', 'fixed_mask_coverage', name, 'positives_theta_e_inside')}"
+                       f"Einstein radius of "
+                       f"{s.rate(i.compare, 'benchmark', 'fixed_mask_coverage', name, 'positives_theta_e_inside')}"
                        " benchmark positives: for those the mask removes the arc itself, so a score drop there says "
                        "nothing about core reliance (the users' confound).")
         table = ["| generation | mask | separation kept | positives' mean drop | controls' mean drop | "
@@ -855,7 +893,8 @@ class Report:
                 if auc is not None and auc < self.c.weak_auc_max:
                     verdicts.append(f"  - Caveat: {g}'s unmasked separation is weak (AUC vs controls "
                                     f"{s.n(f, 'roc', 'auc_vs_controls')} < {s.n(i.params, 'report', 'weak_auc_max')}), "
-                                    "so these ratios of small differences are noise-dominated (they carry no interval).")
+                                    "so these ratios of small differences are noise-dominated (they carry no "
+                                    "interval).")
         return out + [""] + table + [""] + verdicts
 
     def q_anchors(self) -> list[str]:
@@ -869,11 +908,13 @@ class Report:
                     wide.append((g, grp))
         if not total:
             return ["No anchors were scored: anchor recall is not measured at all."]
-        out.append(f"- {len(wide)} of {total} (generation, group) anchor recalls have a 95% interval wider than "
+        scope = "Every" if len(wide) == total else "These"
+        out.append(f"- {scope} (generation, group) anchor recall has a 95% interval wider than "
                    f"{s.n(i.params, 'report', 'anchor_max_interval_width')}: "
                    + ("; ".join(f"{g} {grp} {s.interval(i.m(g, 'evaluate'), 'anchor_recall_by_group', grp)} "
-                                f"(n = {s.n(i.m(g, 'evaluate'), 'anchor_recall_by_group', grp, 'n')})" for g, grp in wide)
-                      if wide else "none") + ".")
+                                f"(n = {s.n(i.m(g, 'evaluate'), 'anchor_recall_by_group', grp, 'n')})"
+                                for g, grp in wide)
+                      if wide else "none does") + ".")
         if wide:
             out.append("- Those are not measurements: a recall difference between generations smaller than the "
                        "interval cannot be seen. More anchors (anchors.max_per_set, or the real cutouts mode with the "
@@ -902,8 +943,10 @@ class Report:
                 continue
             top = s.get(f, "theta_e_arcsec", "p95")
             floor = s.get(f, "arc_snr", "p5")
-            beyond = [k for k, b in enumerate(s.get(ev, "completeness_vs_theta_e", "bins")) if b["bin_lo"] >= top and b["n"]]
-            below = [k for k, b in enumerate(s.get(ev, "completeness_vs_arc_snr", "bins")) if b["bin_hi"] <= floor and b["n"]]
+            beyond = [k for k, b in enumerate(s.get(ev, "completeness_vs_theta_e", "bins"))
+                      if b["bin_lo"] >= top and b["n"]]
+            below = [k for k, b in enumerate(s.get(ev, "completeness_vs_arc_snr", "bins"))
+                     if b["bin_hi"] <= floor and b["n"]]
             text = (f"- {g} trained on theta_E up to {s.n(f, 'theta_e_arcsec', 'p95')}\" (p95) and arc_snr down to "
                     f"{s.n(f, 'arc_snr', 'p5')} (p5). ")
             if beyond:
@@ -922,7 +965,8 @@ class Report:
                 out.append(f"- Per {label} bin, {i.candidate} − {i.baseline}: better in "
                            f"{s.n(i.compare, 'family_verdict_counts', family, 'better')}, worse in "
                            f"{s.n(i.compare, 'family_verdict_counts', family, 'worse')}, not distinguishable in "
-                           f"{s.n(i.compare, 'family_verdict_counts', family, 'not distinguishable')}, not resolvable in "
+                           f"{s.n(i.compare, 'family_verdict_counts', family, 'not distinguishable')}, not "
+                           f"resolvable in "
                            f"{s.n(i.compare, 'family_verdict_counts', family, 'not resolvable')} bins (table above).")
         return out or ["No injection metrics available."]
 
@@ -960,7 +1004,8 @@ class Report:
                 out.append(f"- {g}: TPR at FPR 1e-3 is not resolvable with {s.n(f, 'roc', 'tpr_at_fpr_1e-3', 'n_neg')} "
                            "negatives: the benchmark needs more controls and hard negatives.")
             elif r:
-                out.append(f"- {g}: TPR at FPR 1e-3 rests on {s.n(f, 'roc', 'tpr_at_fpr_1e-3', 'n_fp')} false positives "
+                out.append(f"- {g}: TPR at FPR 1e-3 rests on {s.n(f, 'roc', 'tpr_at_fpr_1e-3', 'n_fp')} "
+                           f"false positives "
                            f"among {s.n(f, 'roc', 'tpr_at_fpr_1e-3', 'n_neg')} negatives (smallest resolvable FPR "
                            f"{s.n(f, 'roc', 'tpr_at_fpr_1e-3', 'min_resolvable_fpr')}): the survey regime (FPR ≲ 1e-4) "
                            "is not measured.")
@@ -1002,7 +1047,8 @@ class Report:
         return [f"{k}. {text}" for k, text in enumerate(out, 1)]
 
     def build(self, figures: dict) -> str:
-        sections = [self.header(), self.summary(), self.remediations(), self.comparison_table(), self.curves(figures), self.data_gates(),
+        sections = [self.header(), self.summary(), self.remediations(), self.comparison_table(), self.curves(figures),
+                    self.data_gates(),
                     self.model_gates(), self.split(), self.anchors(), self.hard_negatives(), self.injection(figures),
                     self.galleries(figures), self.review()]
         lines = [line for section in sections for line in section]

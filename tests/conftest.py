@@ -14,6 +14,13 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
+# pytest-xdist workers run under a bare __main__ (no __file__, no __spec__). pyspark's Spark
+# Connect module, which great_expectations imports, then concludes it is running doctests and
+# calls sys.exit(0). Give the worker's __main__ a file name so imports behave as in a stage.
+_main = sys.modules.get("__main__")
+if _main is not None and getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
+    _main.__file__ = "<pytest-xdist worker>"
+
 TINY_SURVEY = {
     "n_parents": 48,
     "n_sky_patches": 6,
@@ -46,6 +53,45 @@ def tiny_params(**survey_overrides) -> dict:
 
 def write_params(path: Path, params: dict) -> Path:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+PROJECT_FILES = ["dvc.yaml", ".dvcignore", "stages", "darkhalo", "expectations"]
+
+
+def copy_project(root: Path, params: dict) -> None:
+    """This project's pipeline (code, dvc.yaml, suites) with ``params`` in a new directory ``root``."""
+    import shutil
+
+    root.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, root / name)
+    write_params(root / "params.yaml", params)
+
+
+SPLIT_OF_PIXEL_PARITY = ("train", "val", "test", "guard")
+
+
+@pytest.fixture(scope="session")
+def tiny_assignment(tiny_survey, tmp_path_factory) -> Path:
+    """A region assignment of the tiny survey by HEALPix pixel (one region in four is guard band)."""
+    import healpy as hp
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from darkhalo.dataset import read_table
+
+    cat = read_table(str(tiny_survey), columns=["parent_id", "ra", "dec"])
+    pix = hp.ang2pix(32, cat.column("ra").to_numpy(), cat.column("dec").to_numpy(), nest=True, lonlat=True)
+    rank = np.searchsorted(np.unique(pix), pix)
+    path = tmp_path_factory.mktemp("split") / "assignment.parquet"
+    pq.write_table(pa.table({"parent_id": cat.column("parent_id"), "healpix_pixel": pix,
+                             "region_split": np.array(SPLIT_OF_PIXEL_PARITY)[rank % 4]}), path)
     return path
 
 

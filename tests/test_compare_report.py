@@ -62,7 +62,8 @@ def scores_table(bench: dict, seed: int, signal: float, hn_level: float, small_t
     rows_inj = {**{k: v for k, v in inj.items() if k != "group"}, "group": pa.array([None] * pos.size, pa.string()),
                 "score": score.astype(np.float32), "score_arc_suppressed": suppressed,
                 "arc_flux_frac_outside_core": np.where(pos, inj["arc_flux_frac_outside_core"], np.nan),
-                "score_mask_0.5theta_e": masked.astype(np.float32), "score_mask_8pix": (masked * 0.9).astype(np.float32)}
+                "score_mask_0.5theta_e": masked.astype(np.float32),
+                "score_mask_8pix": (masked * 0.9).astype(np.float32)}
     rows_hn = {**hn, "score": (1 / (1 + np.exp(-rng.normal(hn_level, 1.0, N_HN)))).astype(np.float32)}
     rows_anc = {**anc, "score": (1 / (1 + np.exp(-rng.normal(-2.0 + signal, 1.0, N_ANCHOR)))).astype(np.float32)}
     tables = [pa.table(rows_inj), pa.table(rows_hn), pa.table(rows_anc)]

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import json
 
-import healpy as hp
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import pytest
 
 from conftest import tiny_params, write_params
-from darkhalo.dataset import iter_chunks, read_table, stamps_of
+from darkhalo.dataset import iter_chunks, stamps_of
 from darkhalo.injection import render_columns
 from darkhalo.lensing import RenderSettings
 from darkhalo.lenstronomy_reference import redraw_arc
@@ -19,19 +16,9 @@ from darkhalo.params import ParamError
 from darkhalo.stamps import PIXEL_COLUMNS
 from stages import inject
 
-SPLIT_OF_PIXEL_PARITY = np.array(["train", "val", "test", "guard"])
-
-
 @pytest.fixture(scope="module")
-def assignment(tiny_survey, tmp_path_factory):
-    """A region assignment of the tiny survey (by HEALPix pixel; one region is guard band)."""
-    cat = read_table(str(tiny_survey), columns=["parent_id", "ra", "dec"])
-    pix = hp.ang2pix(32, cat.column("ra").to_numpy(), cat.column("dec").to_numpy(), nest=True, lonlat=True)
-    rank = np.searchsorted(np.unique(pix), pix)
-    path = tmp_path_factory.mktemp("split") / "assignment.parquet"
-    pq.write_table(pa.table({"parent_id": cat.column("parent_id"), "healpix_pixel": pix,
-                             "region_split": SPLIT_OF_PIXEL_PARITY[rank % 4]}), path)
-    return path
+def assignment(tiny_assignment):
+    return tiny_assignment
 
 
 def inject_params(**inject_overrides):

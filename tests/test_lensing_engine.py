@@ -10,7 +10,6 @@ from darkhalo.injection import render_columns
 from darkhalo.lensing import RenderSettings, sersic_unit_sb
 from darkhalo.lenstronomy_reference import random_arc_rows, redraw_arc, rows_to_columns
 from darkhalo.profiles import sersic_sb_at_reff
-from darkhalo.units import PIXEL_SCALE_ARCSEC
 
 
 @pytest.mark.parametrize("n_clumps,n_rows,seed", [(0, 150, 1), (2, 60, 2)])

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
-from conftest import REPO, tiny_params, write_params
+from conftest import copy_project, tiny_params
 
-PROJECT_FILES = ["dvc.yaml", ".dvcignore", "stages", "darkhalo", "expectations"]
 
 
 def run(cmd, cwd):
@@ -33,14 +31,7 @@ def pipeline_params() -> dict:
 def make_project(tmp_path):
     """A git+DVC repository holding this project's pipeline with tiny params."""
     root = tmp_path / "project"
-    root.mkdir()
-    for name in PROJECT_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, root / name)
-    write_params(root / "params.yaml", pipeline_params())
+    copy_project(root, pipeline_params())
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "ci@example.org"], root)
     run(["git", "config", "user.name", "ci"], root)

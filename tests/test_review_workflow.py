@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, report_links_mismatching, review_params, write_params
+from conftest import copy_project, report_links_mismatching, review_params, write_params
 
-PROJECT_FILES = ["dvc.yaml", ".dvcignore", "stages", "darkhalo", "expectations"]
 UPSTREAM = {"survey", "survey_gallery", "split", "hard_negatives", "anchors", "inject@gen5", "inject@gen5p",
             "benchmark_injections", "benchmark", "data_gates@gen5", "data_gates@gen5p", "train@gen5", "evaluate@gen5"}
 GEN5P_AND_AFTER = {"train@gen5p", "evaluate@gen5p", "compare", "report"}
@@ -43,14 +42,7 @@ def ran_stages(output: str) -> set[str]:
 
 def build(root: Path) -> None:
     """A git + DVC repository with this project's pipeline and tiny params, reproduced and committed."""
-    root.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, root / name)
-    write_params(root / "params.yaml", review_params())
+    copy_project(root, review_params())
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "ci@example.org"], root)
     run(["git", "config", "user.name", "ci"], root)

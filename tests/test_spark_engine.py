@@ -11,12 +11,10 @@ import os
 import subprocess
 import sys
 
-import healpy as hp
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, tiny_params, write_params
@@ -29,7 +27,6 @@ from darkhalo.survey import simulate_parents, sky_patches, survey_config
 from stages import inject, survey
 from test_s3_remote import BUCKET, CREDENTIALS, assert_same_rows, s3_server
 
-SPLIT_OF_PIXEL_PARITY = np.array(["train", "val", "test", "guard"])
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +78,8 @@ def test_survey_on_spark_writes_the_local_engines_bytes_to_s3(spark, tiny_survey
 
 
 @pytest.fixture(scope="module")
-def assignment(tiny_survey, tmp_path_factory):
-    """A region assignment of the tiny survey (by HEALPix pixel; one region in four is guard band)."""
-    cat = read_table(str(tiny_survey), columns=["parent_id", "ra", "dec"])
-    pix = hp.ang2pix(32, cat.column("ra").to_numpy(), cat.column("dec").to_numpy(), nest=True, lonlat=True)
-    rank = np.searchsorted(np.unique(pix), pix)
-    path = tmp_path_factory.mktemp("split") / "assignment.parquet"
-    pq.write_table(pa.table({"parent_id": cat.column("parent_id"), "healpix_pixel": pix,
-                             "region_split": SPLIT_OF_PIXEL_PARITY[rank % 4]}), path)
-    return path
+def assignment(tiny_assignment):
+    return tiny_assignment
 
 
 def test_inject_on_spark_matches_the_local_engine(spark, tiny_survey, assignment, tmp_path):
