@@ -40,6 +40,8 @@ cap, the sets or the list change.
 """
 from __future__ import annotations
 
+import re
+
 import hashlib
 import importlib.util
 from dataclasses import dataclass, replace
@@ -215,14 +217,13 @@ def lenscat_csv_path() -> Path:
     return path
 
 
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
 def _first_redshift(text: str) -> float:
     """First number in a lenscat zlens entry ('0.2285', '0.675266 | 0.6753', '0.272?', '-', 'measured')."""
-    for part in str(text).replace("?", " ").replace("|", " ").split():
-        try:
-            return float(part)
-        except ValueError:
-            continue
-    return float("nan")
+    match = _NUMBER.search(str(text))
+    return float(match.group()) if match else float("nan")
 
 
 def read_lenscat(path: str | Path | None = None) -> pd.DataFrame:

@@ -190,21 +190,40 @@ def score_negatives(scorer: Scorer, uri: str, part: str, group_column: str, conf
     return pa.concat_tables(out) if out else pa.table({})
 
 
-def model_gates(summary: dict, config: EvaluateConfig) -> list[dict]:
-    """Gate 1.3 (null injection) and 1.7 (arc-suppressed) verdicts from the summary numbers."""
-    g13 = summary["gate_1_3_null_injection"]
-    g17 = summary["gate_1_7_arc_suppressed"]
-    return [
-        {"gate": "1.3", "name": "null injection", "column": "score (test controls)",
-         "statistic": "fraction above operating threshold", "value": g13["fraction_above"]["rate"],
-         "tolerance": f"<= {config.gate13_max_fraction_above}",
-         "passed": bool(g13["fraction_above"]["rate"] <= config.gate13_max_fraction_above)},
-        {"gate": "1.7", "name": "arc-suppressed", "column": "score_arc_suppressed",
-         "statistic": "detected positives still detected with the arc removed",
-         "value": g17["retained_fraction"]["rate"], "tolerance": f"<= {config.gate17_max_retained_fraction}",
-         "passed": bool(not g17["retained_fraction"]["n"]
-                        or g17["retained_fraction"]["rate"] <= config.gate17_max_retained_fraction)},
-    ]
+def model_gates(scores: pa.Table, threshold: float, config: EvaluateConfig) -> list[dict]:
+    """Gates 1.3 and 1.7, validated by the Great Expectations suite ``expectations/model_gates.json``.
+
+    The suite's expectations read per-row outcome columns built here from the
+    scores table (1 / 0 where the row counts, NaN elsewhere), so the rates are
+    the columns' means; tolerances are the ``evaluate:`` params.  A gate with no
+    row to judge (no detected positive for 1.7) is skipped with that reason.
+    """
+    import pandas as pd
+
+    from .gates.suites import MODEL_SUITE, load_suite_docs
+    from .gates.validate import TableSpec, run_suites
+
+    col = {name: scores.column(name).to_numpy(zero_copy_only=False) for name in
+           ("part", "label", "score", "score_arc_suppressed", "arc_flux_frac_outside_core")}
+    inj = col["part"] == "injection"
+    ctrl = inj & (col["label"] == 0)
+    detected = inj & (col["label"] == 1) & (col["arc_flux_frac_outside_core"] >= 0.5) & (col["score"] >= threshold)
+    frame = pd.DataFrame({
+        "control_above_threshold": np.where(ctrl, (col["score"] >= threshold).astype(float), np.nan),
+        "detected_retained": np.where(detected, (col["score_arc_suppressed"] >= threshold).astype(float), np.nan)})
+    parameters = {"gate13_max_fraction_above": config.gate13_max_fraction_above,
+                  "gate17_max_retained_fraction": config.gate17_max_retained_fraction}
+    results = run_suites(load_suite_docs(names=(MODEL_SUITE,)), {"model_scores": TableSpec.from_frame(frame)},
+                         parameters, table_errors={}, unmet={}, skip_patterns=[] if detected.any() else ["1.7:*"])
+    entries = []
+    for r in results:
+        tolerance = r.kwargs.get("max_value")
+        entries.append({"gate": r.gate, "name": r.title, "column": r.kwargs.get("column"),
+                        "statistic": "mean (rate)", "value": (r.observed or {}).get("observed_value"),
+                        "tolerance": f"<= {tolerance}", "verdict": r.verdict, "passed": r.verdict != "fail",
+                        "expectation": r.kind, "suite": f"expectations/{MODEL_SUITE}.json",
+                        **({"reason": r.reason} if r.reason else {})})
+    return entries
 
 
 def summarise(scores: pa.Table, threshold: float, config: EvaluateConfig) -> dict:

@@ -12,7 +12,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.dataset as ds
 import torch
 from torch import nn

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_bytes(args.scores or f"data/eval/{gen}/scores.parquet", sink.getvalue().to_pybytes())
 
     summary = summarise(scores, threshold, config)
-    gates = model_gates(summary, config)
+    gates = model_gates(scores, threshold, config)
     summary.update(generation=gen, benchmark_sha256=manifest["sha256"], skipped_rows=skipped,
                    model_source=scorer.checkpoint.get("source", "trained"))
     write_json(metrics_dir / "evaluate.json", summary)
@@ -104,9 +104,9 @@ def main(argv: list[str] | None = None) -> None:
              "lo": [b["lo"] for b in bins], "hi": [b["hi"] for b in bins], "n": [b["n"] for b in bins]}))
     failed = [g for g in gates if not g["passed"]]
     for g in failed:
-        word = "FAILED" if config.gates_blocking else "WARNING (not blocking)"
-        print(f"MODEL GATE {g['gate']} {word} [{gen}] {g['column']}: {g['statistic']} = {g['value']:.4g}, "
-              f"tolerance {g['tolerance']}", file=sys.stderr)
+        line = (f"GATE {g['gate']} FAILED [{gen}] {g['column']} {g['statistic']} = {g['value']:.4g} outside "
+                f"{g['tolerance']} ({g['name']})")
+        print(line if config.gates_blocking else f"warning (model gates not blocking): {line}", file=sys.stderr)
     print(f"evaluate@{gen}: AUC {summary['roc']['auc']:.4f}, completeness {summary['completeness_at_threshold']['rate']:.3f}"
           f" at threshold {threshold:.4f}")
     if failed and config.gates_blocking:

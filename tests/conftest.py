@@ -14,12 +14,18 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
-# pytest-xdist workers run under a bare __main__ (no __file__, no __spec__). pyspark's Spark
-# Connect module, which great_expectations imports, then concludes it is running doctests and
-# calls sys.exit(0). Give the worker's __main__ a file name so imports behave as in a stage.
+# pytest-xdist workers run under a bare __main__ (no __file__, no __spec__). When
+# great_expectations probes pyspark's Spark Connect module, pyspark then concludes it is running
+# doctests and calls sys.exit(0). Import great_expectations once here under a named __main__ (the
+# probe then fails with the ImportError GX expects and GX caches the result), and restore
+# __main__ exactly: multiprocessing's spawn re-runs __main__.__file__ in its children.
 _main = sys.modules.get("__main__")
 if _main is not None and getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
     _main.__file__ = "<pytest-xdist worker>"
+    try:
+        import great_expectations  # noqa: F401
+    finally:
+        del _main.__file__
 
 TINY_SURVEY = {
     "n_parents": 48,

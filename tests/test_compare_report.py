@@ -78,7 +78,7 @@ def write_generation(root: Path, name: str, table: pa.Table, sha: str = SHA) -> 
     summary = summarise(table, threshold, config)
     summary.update(generation=name, benchmark_sha256=sha)
     write_json(root / f"metrics/{name}/evaluate.json", summary)
-    gates = model_gates(summary, config)
+    gates = model_gates(table, threshold, config)
     write_json(root / f"metrics/{name}/model_gates.json", {"generation": name, "gates": gates, "benchmark_sha256": sha,
                                                           "all_passed": all(g["passed"] for g in gates)})
     (root / f"data/eval/{name}").mkdir(parents=True, exist_ok=True)

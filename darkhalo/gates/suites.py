@@ -1,6 +1,6 @@
 """The data-gate suites, defined in code and kept as JSON in ``expectations/``.
 
-Three suites, one per gate family:
+Three data-gate suites, one per gate family, and the model-gate suite:
 
 * ``contracts``: schema and dtypes, task_id unique, row contracts 1.2/1.4
   (with the quarantine tolerance), value ranges of injection physics columns,
@@ -9,7 +9,9 @@ Three suites, one per gate family:
   one split, pairs intact, declared fractions met, rows agree with the
   assignment table;
 * ``shortcuts``: gates 1.1 (quality matched), 1.5 (normalisation statistics
-  matched), 1.6 (core-only AUC), 1.8 (core brightness ratio).
+  matched), 1.6 (core-only AUC), 1.8 (core brightness ratio);
+* ``model_gates``: gates 1.3 (null injection) and 1.7 (arc-suppressed), run by
+  ``evaluate@<generation>`` over its scores table (darkhalo/evaluation.py).
 
 Every expectation carries ``meta``: ``id`` (gate:check), ``gate``, ``check``,
 ``table`` (the table it validates, built by darkhalo.gates.audit), ``needs``
@@ -35,7 +37,8 @@ from ..units import BANDS
 from .columns import INJECTION_COLUMNS, PHYSICS_RANGES, QUALITY_COLUMNS, SPLIT_NAMES
 from .contracts import PIXEL_CONTRACTS, ROW_CONTRACTS, flag_column
 
-SUITE_NAMES = ("contracts", "split", "shortcuts")
+SUITE_NAMES = ("contracts", "split", "shortcuts")   # the data-gate families
+MODEL_SUITE = "model_gates"                          # gates 1.3 and 1.7, over evaluate's scores table
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "expectations"
 NORM_STATS = ("outer_median_nmgy", "outer_sigma_nmgy", "clip_frac")
 
@@ -140,7 +143,25 @@ def shortcuts_suite() -> list[dict]:
     return out
 
 
-BUILDERS = {"contracts": contracts_suite, "split": split_suite, "shortcuts": shortcuts_suite}
+def model_gates_suite() -> list[dict]:
+    """Expectations of the model gates, over per-row outcome columns of the benchmark scores table.
+
+    ``control_above_threshold``: 1 where a test control scores >= the operating threshold (1.3);
+    ``detected_retained``: 1 where a detected positive (>= 50% of its arc outside the core) is
+    still detected with the arc removed outside the core (1.7).  Their means are the rates.
+    """
+    return [
+        _e("expect_column_mean_to_be_between", id="1.3:fraction_above_threshold", table="model_scores",
+           title="null injection: test controls above the operating threshold", column="control_above_threshold",
+           min_value=0.0, max_value=_p("gate13_max_fraction_above")),
+        _e("expect_column_mean_to_be_between", id="1.7:retained_fraction", table="model_scores",
+           title="arc-suppressed: detected positives still detected with the arc removed", column="detected_retained",
+           min_value=0.0, max_value=_p("gate17_max_retained_fraction")),
+    ]
+
+
+BUILDERS = {"contracts": contracts_suite, "split": split_suite, "shortcuts": shortcuts_suite,
+            MODEL_SUITE: model_gates_suite}
 
 
 def suite_json(name: str) -> dict:
@@ -164,11 +185,11 @@ def render(doc: dict) -> str:
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
-def load_suite_docs(directory: str | Path = DEFAULT_DIR) -> dict[str, dict]:
+def load_suite_docs(directory: str | Path = DEFAULT_DIR, names: tuple = SUITE_NAMES) -> dict[str, dict]:
     """The committed suite JSON documents, by name; missing or unreadable files fail loudly."""
     directory = Path(directory)
     docs = {}
-    for name in SUITE_NAMES:
+    for name in names:
         path = directory / f"{name}.json"
         try:
             docs[name] = json.loads(path.read_text())
@@ -188,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if a committed suite differs from the code")
     args = parser.parse_args(argv)
     stale = []
-    for name in SUITE_NAMES:
+    for name in SUITE_NAMES + (MODEL_SUITE,):
         path = Path(args.out) / f"{name}.json"
         text = render(suite_json(name))
         if args.check:
