@@ -775,12 +775,7 @@ def table_from_cutouts(anchors: pd.DataFrame, cutouts: dict, size: int) -> pa.Ta
     rows, images, invvars, present = [], [], [], []
     for a in sub.itertuples():
         cut = cutouts[a.name]
-        image, invvar = cut.image.copy(), cut.invvar.copy()
-        for j in range(3):
-            if cut.present[j] and not cut.has_invvar[j]:
-                pix = image[j][np.isfinite(image[j])]
-                sigma = 1.4826 * np.median(np.abs(pix - np.median(pix))) if pix.size else np.nan
-                invvar[j] = 1.0 / sigma**2 if sigma > 0 else 0.0
+        image, invvar = cut.image.copy(), cut.invvar_or_estimate()
         row = {f.name: nan for f in CATALOGUE_FIELDS if pa.types.is_floating(f.type)}
         row.update(parent_id=int(a.parent_id), ra=float(a.ra), dec=float(a.dec),
                    brickname=footprint.brickname(a.ra, a.dec), depth_mode=footprint.depth_mode(a.ra, a.dec),

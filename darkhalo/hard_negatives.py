@@ -566,12 +566,7 @@ def table_from_cutouts(selection: pa.Table, parent_ids: np.ndarray, cutouts: dic
     nan = float("nan")
     for i in keep:
         s, cut = sel[i], cutouts[names[i]]
-        image, invvar = cut.image.copy(), cut.invvar.copy()
-        for j in range(3):
-            if cut.present[j] and not cut.has_invvar[j]:
-                pix = image[j][np.isfinite(image[j])]
-                sigma = 1.4826 * np.median(np.abs(pix - np.median(pix))) if pix.size else np.nan
-                invvar[j] = 1.0 / sigma**2 if sigma > 0 else 0.0
+        image, invvar = cut.image.copy(), cut.invvar_or_estimate()
         row = {f.name: nan for f in survey.CATALOGUE_FIELDS if pa.types.is_floating(f.type)}
         row.update(parent_id=int(parent_ids[i]), ra=s["ra"], dec=s["dec"],
                    brickname=footprint.brickname(s["ra"], s["dec"]), depth_mode=footprint.depth_mode(s["ra"], s["dec"]),
