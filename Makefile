@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := true
 export GX_ANALYTICS_ENABLED := false
 export PYSPARK_PYTHON := $(BIN)/python
 
-.PHONY: repro test bench env
+.PHONY: repro test bench env ablation
 
 env: $(VENV)/.installed
 
@@ -28,3 +28,6 @@ test: env
 
 bench: env
 	python -m benchmarks.survey_throughput
+
+ablation: env   # queue the leave-one-out variants of params.yaml `ablation:` as DVC experiments
+	python -m darkhalo.ablation

@@ -338,6 +338,10 @@ def metric_specs(shared: dict, summary_a: dict, summary_b: dict, calibration_bin
     if anchor.any():
         specs.append(MetricSpec("anchor_recall_all", "anchor_recall", "anchor recall, all anchors", anchor,
                                 _selected, _mean, True))
+        tier_a = anchor & np.char.endswith(shared["group"].astype(str), ":tierA")
+        if tier_a.any():
+            specs.append(MetricSpec("anchor_recall_tierA", "anchor_recall", "anchor recall, Tier A (visible), all sets",
+                                    tier_a, _selected, _mean, True))
         for group in sorted(set(shared["group"][anchor].tolist())):
             specs.append(MetricSpec(f"anchor_recall_{group}", "anchor_recall", f"anchor recall, {group}",
                                     anchor & (shared["group"] == group), _selected, _mean, True,
@@ -502,4 +506,47 @@ def plot_tables(result: dict) -> dict[str, pa.Table]:
         "metric": names, "diff": [result["metrics"][n]["diff"] for n in names],
         "lo": [result["metrics"][n]["lo"] for n in names], "hi": [result["metrics"][n]["hi"] for n in names],
         "verdict": [result["metrics"][n]["verdict"] for n in names]})
+    return out
+
+
+HEADLINE_METRICS = ("auc", "tpr_at_fpr_1e-3", "completeness", "anchor_recall_tierA", "anchor_recall_all",
+                    "hard_negative_fpr_all", "ece", "gate_1_3_fraction_above", "gate_1_7_retained_fraction")
+HEADLINE_GATES = {"core_only_auc_raw": ("1.6:core_only_auc", "auc"),
+                  "core_only_auc_model_input": ("1.6:input_core_only_auc", "auc"),
+                  "core_flux_ratio_r_raw": ("1.8:core_flux_ratio_r", "ratio"),
+                  "core_rms_ratio_r_model_input": ("1.8:input_core_rms_ratio_r", "ratio"),
+                  "brightness_support_frac_above": ("brightness:support", "frac_above_positive_quantile")}
+
+
+def _round(value, digits: int = 4):
+    return float(f"{value:.{digits}g}") if isinstance(value, (int, float)) and np.isfinite(value) else None
+
+
+def headline_summary(result: dict, gates: dict[str, dict], train: dict[str, dict]) -> dict:
+    """The review's headline (``metrics/summary.json``): ~20 numbers per generation and the deltas.
+
+    ``result``: compare's output; ``gates`` / ``train``: each generation's data_gates.json and
+    train.json.  Values are rounded to 4 significant digits; every delta carries its paired
+    bootstrap interval and verdict.
+    """
+    metrics = result["metrics"]
+    out: dict = {}
+    for role in ("baseline", "candidate"):
+        name = result[role]
+        entry = {key: _round(metrics[key][role]) for key in HEADLINE_METRICS if key in metrics}
+        gate_doc = gates[name].get("gates", {})
+        for key, (gate_id, stat) in HEADLINE_GATES.items():
+            value = (gate_doc.get(gate_id) or {}).get("statistic", {}).get(stat)
+            if value is not None:
+                entry[key] = _round(value)
+        entry["data_gates_failed"] = len(gates[name].get("failed", []))
+        entry["data_gates_blocking_failed"] = len(gates[name].get("blocking_failed", gates[name].get("failed", [])))
+        if "best_val_auc" in train[name] or "final" in train[name]:
+            entry["val_auc"] = _round(train[name].get("best_val_auc", train[name].get("final", {}).get("val_auc")))
+            entry["epochs_run"] = train[name].get("epochs_run", train[name].get("epochs"))
+        out[name] = entry
+    out["difference"] = {key: {"value": _round(metrics[key]["diff"]), "lo": _round(metrics[key]["lo"]),
+                               "hi": _round(metrics[key]["hi"]), "verdict": metrics[key]["verdict"]}
+                         for key in HEADLINE_METRICS if key in metrics}
+    out["verdict_counts"] = result["verdict_counts"]
     return out

@@ -29,9 +29,9 @@ from .dataset import iter_chunks, stamps_of
 from .inference import Scorer
 from .injection import render_columns
 from .lensing import RenderSettings
-from .normalize import core_mask, outer_mask, radius_map_pix
-from .params import FRACTION, POSITIVE, build, section
-from .rng import keyed_rng
+from .normalize import arc_snr_survival, core_mask, outer_mask, radius_map_pix
+from .params import FRACTION, NON_NEGATIVE, POSITIVE, build, section
+from .rng import keyed_rng, parent_sample_mask
 from .stats import rate_with_interval
 from .units import PIXEL_SCALE_ARCSEC
 
@@ -52,11 +52,14 @@ class EvaluateConfig:
     gate17_max_retained_fraction: float = 0.1  # detected positives still detected with the arc removed
     gates_blocking: bool = False
     batch_size: int = 256
+    diagnostic_max_rows: int = 3000            # centre-masked diagnostic: about this many benchmark rows (whole pairs)
+    min_benchmark_negatives: int = 5000        # FPR 1e-3 needs >= 5 expected false positives
 
 
 EVALUATE_RULES = {"operating_fpr": FRACTION, "prevalence": FRACTION, "calibration_bins": POSITIVE,
                   "gate13_max_fraction_above": FRACTION, "gate17_max_retained_fraction": FRACTION,
-                  "batch_size": POSITIVE}
+                  "batch_size": POSITIVE, "diagnostic_max_rows": POSITIVE,
+                  "min_benchmark_negatives": NON_NEGATIVE}
 
 
 def evaluate_config(params: dict, path: str) -> EvaluateConfig:
@@ -104,8 +107,12 @@ def _usable(stamps) -> np.ndarray:
 
 
 def score_injections(scorer: Scorer, uri: str, config: EvaluateConfig, seed: int, render: RenderSettings,
-                     core_radius_pix: float, skipped: dict, progress=None) -> pa.Table:
-    """Scores and diagnostic scores of benchmark positives and controls."""
+                     core_radius_pix: float, skipped: dict, progress=None, n_rows: int = 0) -> pa.Table:
+    """Scores and diagnostic scores of benchmark positives and controls.
+
+    The centre-masked scores are computed for a deterministic sample of about
+    ``diagnostic_max_rows`` of the ``n_rows`` rows (whole pairs, by parent_id); NaN elsewhere.
+    """
     out = []
     for chunk in iter_chunks(uri):
         table, stamps = chunk.table, stamps_of(chunk, render.stamp_size)
@@ -126,6 +133,8 @@ def score_injections(scorer: Scorer, uri: str, config: EvaluateConfig, seed: int
         # gate 1.7: positives with their noiseless arc (redrawn from the row's columns) removed outside the core
         suppressed = np.full(len(images), np.nan)
         arc_outside = np.full(len(images), np.nan)
+        survival = np.full(len(images), np.nan)
+        diag = parent_sample_mask(cols["parent_id"], n_rows or len(images), config.diagnostic_max_rows, seed)
         if positive.any():
             pos_table = table.filter(pa.array(positive))
             arc_cols = {c: _column_values(pos_table, c) for c in pos_table.column_names if c.startswith(
@@ -135,20 +144,25 @@ def score_injections(scorer: Scorer, uri: str, config: EvaluateConfig, seed: int
             outside = ~core_mask(render.stamp_size, core_radius_pix)
             cleaned = images[positive] - np.where((invvar > 0) & outside, arcs, 0.0).astype(np.float32)
             suppressed[positive] = scorer.score(cleaned, meta[positive], config.batch_size)
+            # how much of each arc the model input keeps (residual input, crop), on the diagnostic sample
+            pos_diag = diag[positive]
+            if pos_diag.any():
+                survival[np.flatnonzero(positive)[pos_diag]] = arc_snr_survival(
+                    images[positive][pos_diag] - arcs[pos_diag], arcs[pos_diag], scorer.normalization)
             total = arcs.sum(axis=(1, 2, 3))
             arc_outside[positive] = np.where(total > 0, np.where(outside, arcs, 0).sum(axis=(1, 2, 3)) / total, np.nan)
         row["score_arc_suppressed"] = suppressed
         row["arc_flux_frac_outside_core"] = arc_outside
+        row["arc_snr_survival"] = survival
         # centre-masked diagnostic: theta_E-relative radii need theta_E; controls borrow their positive's
         theta = _paired_theta_e(cols)
-        for factor in config.mask_radii_theta_e:
-            radius = factor * theta / PIXEL_SCALE_ARCSEC
-            row[f"score_mask_{factor:g}theta_e"] = scorer.score(
-                refill_centre(images, radius, seed, cols["task_id"]), meta, config.batch_size)
-        for radius_pix in config.mask_radii_pix:
-            row[f"score_mask_{radius_pix:g}pix"] = scorer.score(
-                refill_centre(images, np.full(len(images), radius_pix), seed, cols["task_id"]), meta,
-                config.batch_size)
+        radii = {f"score_mask_{f:g}theta_e": f * theta / PIXEL_SCALE_ARCSEC for f in config.mask_radii_theta_e}
+        radii.update({f"score_mask_{r:g}pix": np.full(len(images), r) for r in config.mask_radii_pix})
+        for name, radius in radii.items():
+            row[name] = np.full(len(images), np.nan)
+            if diag.any():
+                row[name][diag] = scorer.score(refill_centre(images[diag], radius[diag], seed, cols["task_id"][diag]),
+                                               meta[diag], config.batch_size)
         out.append(pa.table(row))
         if progress is not None:
             progress(len(images))
@@ -278,25 +292,43 @@ def summarise(scores: pa.Table, threshold: float, config: EvaluateConfig) -> dic
         "controls_above_threshold": rate_with_interval(int((ctrl_scores >= threshold).sum()), len(ctrl_scores)),
     }
     masks = {}
-    gap = float(np.mean(col["score"][pos]) - np.mean(col["score"][ctrl]))
     for name in scores.column_names:
         if name.startswith("score_mask_"):
-            masked_gap = float(np.mean(col[name][pos]) - np.mean(col[name][ctrl]))
+            sampled = np.isfinite(col[name])         # the diagnostic's sample (diagnostic_max_rows)
+            mpos, mctrl = pos & sampled, ctrl & sampled
+            gap = float(np.mean(col["score"][mpos]) - np.mean(col["score"][mctrl]))
+            masked_gap = float(np.mean(col[name][mpos]) - np.mean(col[name][mctrl]))
             masks[name.removeprefix("score_mask_")] = {
+                "n_positives": int(mpos.sum()), "n_controls": int(mctrl.sum()),
                 # positive-minus-control mean score with the mask / without: ~1 when the model reads
                 # light outside the mask, ~0 when everything it reads is inside
                 "separation_retained": masked_gap / gap if gap else float("nan"),
-                "positives_mean_score": float(np.mean(col[name][pos])),
-                "positives_mean_drop": float(np.mean(col["score"][pos] - col[name][pos])),
-                "controls_mean_score": float(np.mean(col[name][ctrl])),
-                "controls_mean_drop": float(np.mean(col["score"][ctrl] - col[name][ctrl])),
-                "positives_recall_at_threshold": rate_with_interval(int((col[name][pos] >= threshold).sum()),
-                                                                    int(pos.sum())),
-                "controls_fpr_at_threshold": rate_with_interval(int((col[name][ctrl] >= threshold).sum()),
-                                                                int(ctrl.sum())),
+                "positives_mean_score": float(np.mean(col[name][mpos])),
+                "positives_mean_drop": float(np.mean(col["score"][mpos] - col[name][mpos])),
+                "controls_mean_score": float(np.mean(col[name][mctrl])),
+                "controls_mean_drop": float(np.mean(col["score"][mctrl] - col[name][mctrl])),
+                "positives_recall_at_threshold": rate_with_interval(int((col[name][mpos] >= threshold).sum()),
+                                                                    int(mpos.sum())),
+                "controls_fpr_at_threshold": rate_with_interval(int((col[name][mctrl] >= threshold).sum()),
+                                                                int(mctrl.sum())),
             }
     out["centre_masked"] = masks
+    out["arc_snr_survival_vs_theta_e"] = survival_by_bin(col["arc_snr_survival"][pos], col["theta_e_arcsec"][pos],
+                                                         config.theta_e_edges)
     return out
+
+
+def survival_by_bin(survival: np.ndarray, theta_e_arcsec: np.ndarray, edges: tuple) -> dict:
+    """Median and 16/84th percentiles of the arc-S/N survival fraction per theta_E bin (measured rows only)."""
+    bins = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (theta_e_arcsec >= lo) & (theta_e_arcsec < hi) & np.isfinite(survival)
+        values = survival[sel]
+        q = np.percentile(values, [16, 50, 84]) if values.size else [np.nan] * 3
+        bins.append({"lo": lo, "hi": hi, "centre": 0.5 * (lo + hi), "n": int(values.size),
+                     "median": float(q[1]), "p16": float(q[0]), "p84": float(q[2])})
+    return {"definition": "matched-filter arc S/N in the model input / in the outer-normalised full stamp",
+            "bins": bins}
 
 
 def score_split(scorer: Scorer, uri: str, split: str, config: EvaluateConfig, skipped: dict):

@@ -5,17 +5,25 @@ import numpy as np
 import torch
 
 from .models import build_model, load_state_strict
-from .normalize import normalization_from_dict, normalize
+from .normalize import Normalization, normalization_from_dict, normalize
 from .training import MetadataTransform, predict
+
+
+class PreprocessingMismatch(ValueError):
+    """A checkpoint whose stored preprocessing differs from the one the params ask for."""
 
 
 class Scorer:
     """A loaded checkpoint: ``score(images_nmgy, metadata_raw)`` -> lens probabilities."""
 
-    def __init__(self, checkpoint: dict, source: str):
+    def __init__(self, checkpoint: dict, source: str, expected: Normalization | None = None):
         self.checkpoint = checkpoint
         self.metadata_columns = tuple(checkpoint["metadata_columns"])
         self.normalization = normalization_from_dict(checkpoint["normalization"])
+        if expected is not None and expected.to_dict() != self.normalization.to_dict():
+            raise PreprocessingMismatch(
+                f"{source}: the checkpoint was trained on preprocessing {self.normalization.to_dict()} but this "
+                f"generation's params ask for {expected.to_dict()}: retrain (dvc repro) or fix the params")
         tf = checkpoint["metadata_transform"]
         self.metadata_transform = MetadataTransform(tf["kind"], tf["mean"], tf["std"])
         self.model = build_model(checkpoint["architecture"], len(self.metadata_columns))
@@ -23,10 +31,15 @@ class Scorer:
         self.model.eval()
 
     @classmethod
-    def load(cls, path: str) -> "Scorer":
-        return cls(torch.load(path, map_location="cpu", weights_only=True), path)
+    def load(cls, path: str, expected: Normalization | None = None) -> "Scorer":
+        """Load a checkpoint; ``expected`` (the params' preprocessing) must equal the stored one."""
+        return cls(torch.load(path, map_location="cpu", weights_only=True), path, expected)
+
+    def preprocess(self, images_nmgy: np.ndarray) -> np.ndarray:
+        """The model input of (N, 3, S, S) stamps in nmgy (the checkpoint's preprocessing)."""
+        return normalize(images_nmgy, self.normalization)
 
     def score(self, images_nmgy: np.ndarray, metadata_raw: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Probabilities (N,) for (N, 3, S, S) stamps in nmgy and (N, M) raw metadata columns."""
-        return predict(self.model, normalize(images_nmgy, self.normalization),
+        return predict(self.model, self.preprocess(images_nmgy),
                        self.metadata_transform(np.asarray(metadata_raw, np.float64)), batch_size)

@@ -435,7 +435,7 @@ class Report:
 
     REMEDIATIONS = (
         ("hard-negative mixing", ("train", "hard_negative_frac"), ("hard_negative_fpr",)),
-        ("centre masking during training", ("train", "centre_mask_prob"), ("model_gates",)),
+        ("residual model input (lens light subtracted)", ("train", "preprocessing"), ("model_gates",)),
         ("arc-S/N targeting and wider grids", None,
          ("completeness", "completeness_theta_e", "completeness_arc_snr", "roc")),
     )
@@ -452,7 +452,9 @@ class Report:
         fam = s.opt(i.compare, "family_verdict_counts") or {}
         lines = ["## Which remediation helped", "",
                  "Each remediation is judged by the metrics it was meant to move (verdict counts per metric family; "
-                 "the table below has every number).", "",
+                 "the table below has every number). This attributes by metric family, not by cause: every "
+                 "remediation changed at once. The leave-one-out ablation (`make ablation`, README) measures each "
+                 "one's own effect; its variants are not part of the default run.", "",
                  f"| remediation | {i.baseline} | {i.candidate} | metric families | better | worse | not "
                  f"distinguishable "
                  "| not resolvable | conclusion |", "|---|---|---|---|---|---|---|---|---|"]

@@ -42,6 +42,13 @@ from .params import POSITIVE, ParamError, build, section
 from .rng import keyed_rng
 
 SPLITS = ("train", "val", "test")          # index = priority (test highest)
+GENERATION_SPLITS = ("train", "val")       # what inject@<generation> writes: its test region is the frozen benchmark
+
+
+def declared_over(fractions: dict[str, float], splits: tuple) -> dict[str, float]:
+    """Declared fractions renormalised over ``splits`` (the others 0): what a dataset holding only those should show."""
+    total = sum(fractions[s] for s in splits)
+    return {s: (fractions[s] / total if s in splits else 0.0) for s in fractions}
 GUARD = "guard"
 MAX_REWEIGHT_ITERATIONS = 6
 

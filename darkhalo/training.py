@@ -18,7 +18,7 @@ from torch import nn
 
 from .dataset import iter_chunks, stamps_of
 from .models import ARCHITECTURES, GEN5_METADATA, build_model
-from .normalize import DEFAULT_NORMALIZATION, Normalization, normalize, outer_mask, radius_map_pix
+from .normalize import OUTER_ANNULUS_MAD, PREPROCESSINGS, Normalization, normalize, outer_mask, radius_map_pix
 from .params import FRACTION, NON_NEGATIVE, POSITIVE, ParamError, build, section
 from .rng import keyed_rng
 
@@ -45,10 +45,19 @@ class TrainConfig:
     device: str = "cpu"  # cpu | cuda | auto (under torchrun: this rank's GPU)
     import_checkpoint: str = ""
     max_train_rows: int = 0  # 0: all
+    preprocessing: str = OUTER_ANNULUS_MAD   # the model input (darkhalo/normalize.py): outer_annulus_mad | residual
+    input_crop_pix: int = 0                  # > 0: the model sees the central crop (px) of the preprocessed stamp
+    early_stopping_patience: int = 0         # stop after this many epochs without a better val AUC (0: never)
+    early_stopping_min_delta: float = 0.002  # a val AUC gain smaller than this is not an improvement
 
     @property
     def n_metadata(self) -> int:
         return len(self.metadata_columns)
+
+    @property
+    def input_spec(self) -> Normalization:
+        """The named preprocessing this generation's model sees (stored in its checkpoint)."""
+        return Normalization(name=self.preprocessing, crop_pix=self.input_crop_pix)
 
 
 TRAIN_RULES = {
@@ -60,6 +69,9 @@ TRAIN_RULES = {
     "centre_mask_radius_pix": NON_NEGATIVE, "centre_mask_radius_theta_e": NON_NEGATIVE, "threads": POSITIVE,
     "device": (lambda v: v in ("cpu", "cuda", "auto"), "must be cpu, cuda or auto"),
     "max_train_rows": NON_NEGATIVE,
+    "preprocessing": (lambda v: v in PREPROCESSINGS, f"must be one of {', '.join(PREPROCESSINGS)}"),
+    "input_crop_pix": (lambda v: v >= 0 and v % 2 == 0, "must be 0 (no crop) or a positive even number of pixels"),
+    "early_stopping_patience": NON_NEGATIVE, "early_stopping_min_delta": NON_NEGATIVE,
 }
 
 
@@ -79,6 +91,9 @@ def train_config(params: dict, generation: str, path: str) -> TrainConfig:
         raise ParamError(f"{path}: gen5_convnext needs metadata_columns {list(GEN5_METADATA)}")
     if config.centre_mask_prob > 0 and not (config.centre_mask_radius_pix or config.centre_mask_radius_theta_e):
         raise ParamError(f"{path}: centre_mask_prob > 0 needs centre_mask_radius_pix or centre_mask_radius_theta_e")
+    if config.epochs < 1 and not config.import_checkpoint:
+        raise ParamError(f"{path}: train.epochs = {config.epochs} (generation {generation}): must be >= 1 "
+                         "(or set import_checkpoint)")
     return config
 
 
@@ -257,7 +272,10 @@ def train_model(config: TrainConfig, train: StampSet, val: StampSet, seed: int, 
     """Train a fresh model; returns (model, metadata transform, per-epoch history).
 
     ``log(epoch, metrics)`` is called after every epoch (DVCLive in the stage).
-    A non-finite loss stops training naming the batch's task ids.  Inside an
+    Early stopping (``early_stopping_patience`` > 0): training stops after that many epochs
+    without a val AUC gain of at least ``early_stopping_min_delta``, and the weights of the best
+    epoch are returned (``history[i]["best"]`` marks it).  The cosine schedule spans ``epochs``,
+    the budget.  A non-finite loss stops training naming the batch's task ids.  Inside an
     initialised torch.distributed group (torchrun, DDP) every global batch is
     split across the ranks, gradients are averaged by DDP, and rank 0's buffers
     (batch-norm statistics) are broadcast at the end, so all ranks return the
@@ -282,6 +300,7 @@ def train_model(config: TrainConfig, train: StampSet, val: StampSet, seed: int, 
     loss_fn = nn.BCEWithLogitsLoss()
     meta_all = torch.as_tensor(meta_tf(train.metadata))
     history = []
+    best_auc, best_state, since_best = -np.inf, None, 0
     for epoch in range(config.epochs):
         net.train()
         order = keyed_rng(seed, f"train:{generation}:order", epoch).permutation(len(train))
@@ -290,7 +309,7 @@ def train_model(config: TrainConfig, train: StampSet, val: StampSet, seed: int, 
             idx = np.sort(order[start:start + config.batch_size])[rank::world]
             x = augment(torch.as_tensor(train.images[idx]), config, gen)
             if config.centre_mask_prob > 0:
-                x = centre_mask(x, train.theta_e_arcsec[idx], config, gen, DEFAULT_NORMALIZATION, pixel_scale_arcsec)
+                x = centre_mask(x, train.theta_e_arcsec[idx], config, gen, config.input_spec, pixel_scale_arcsec)
             y = torch.as_tensor(train.labels[idx]).to(device)
             loss = loss_fn(net(x.to(device), meta_all[idx].to(device)), y)
             if not torch.isfinite(loss):
@@ -305,9 +324,20 @@ def train_model(config: TrainConfig, train: StampSet, val: StampSet, seed: int, 
         entry = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                  "val_loss": float(binary_cross_entropy(val.labels, val_scores)),
                  "val_auc": float(auc_or_nan(val.labels, val_scores))}
+        improved = entry["val_auc"] >= best_auc + config.early_stopping_min_delta or best_state is None
+        if improved:
+            best_auc, since_best = entry["val_auc"], 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            since_best += 1
+        entry["best_val_auc"], entry["is_best"] = float(best_auc), bool(improved)
         history.append(entry)
         if log is not None:
             log(epoch, entry)
+        if config.early_stopping_patience and since_best >= config.early_stopping_patience:
+            break
+    if config.early_stopping_patience and best_state is not None:
+        model.load_state_dict(best_state)
     if world > 1:
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, src=0)

@@ -1,8 +1,9 @@
 """DVC stage `compare`: candidate minus baseline generation on the frozen benchmark, paired bootstrap.
 
-Reads data/eval/<generation>/scores.parquet and metrics/<generation>/evaluate.json of
-``compare.baseline`` and ``compare.candidate``; refuses generations evaluated on different
-benchmarks; writes metrics/compare.json and DVC plot data in plots/compare/.
+Reads data/eval/<generation>/scores.parquet and metrics/<generation>/{evaluate,data_gates,train}.json
+of ``compare.baseline`` and ``compare.candidate``; refuses generations evaluated on different
+benchmarks; writes metrics/compare.json (every metric), metrics/summary.json (the headline a
+reviewer reads in ``dvc metrics diff``) and DVC plot data in plots/compare/.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from darkhalo.compare import compare, compare_config, generation, plot_tables
+from darkhalo.compare import compare, compare_config, generation, headline_summary, plot_tables
 from darkhalo.outputs import atomic_write_bytes, write_json
 from darkhalo.params import load_params
 
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", default=".", help="directory holding data/eval/ and metrics/")
     parser.add_argument("--out", default="metrics/compare.json")
     parser.add_argument("--plots-dir", default="plots/compare")
+    parser.add_argument("--summary", default="metrics/summary.json", help="the review's headline metrics")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     config = compare_config(params, args.params)
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"calibration bins differ or are missing in the evaluate metrics: {bins}")
     result = compare(gens[0], gens[1], config, int(next(iter(bins.values()))))
     write_json(args.out, result)
+    detail = {kind: {g: json.loads((root / f"metrics/{g}/{kind}.json").read_text())
+                     for g in (config.baseline, config.candidate)} for kind in ("data_gates", "train")}
+    write_json(args.summary, headline_summary(result, detail["data_gates"], detail["train"]))
     for name, table in plot_tables(result).items():
         sink = pa.BufferOutputStream()
         pacsv.write_csv(table, sink)

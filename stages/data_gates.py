@@ -35,7 +35,9 @@ from darkhalo.gates.config import GATE_FAMILIES, gates_config, generation_blocki
 from darkhalo.gates.report import failure_line
 from darkhalo.gates.suites import DEFAULT_DIR
 from darkhalo.params import ParamError, load_params, section
-from darkhalo.split import SPLITS, split_config
+from darkhalo.normalize import Normalization
+from darkhalo.split import GENERATION_SPLITS, SPLITS, declared_over, split_config
+from darkhalo.training import train_config
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -63,12 +65,27 @@ def parse_args(argv):
     parser.add_argument("--guard-rings", type=int, help="override split.guard_rings")
     parser.add_argument("--fractions", help="override declared train,val,test fractions, e.g. 0.7,0.15,0.15")
     parser.add_argument("--policy", choices=("quarantine", "fail"), help="override gates.row_contract_policy")
+    parser.add_argument("--hard-negatives", help="hard negatives trained on, for the brightness-support gate "
+                        "(pipeline mode default: data/hard_negatives when hard_negative_frac > 0)")
+    parser.add_argument("--model-input", metavar="NAME[:CROP]", help="standalone: also measure gates 1.5/1.6/1.8 "
+                        "on this model input (e.g. residual:32); pipeline mode: the generation's train.preprocessing")
     args = parser.parse_args(argv)
     if not args.out and not args.generation:
         parser.error("give --generation (pipeline mode) or --manifest and --out (standalone)")
     if args.out and not args.manifest:
         parser.error("--out needs --manifest")
     return args
+
+
+def model_input_spec(text: str | None) -> Normalization | None:
+    """``--model-input NAME[:CROP]`` as a preprocessing spec (None when not given)."""
+    if not text:
+        return None
+    name, _, crop = text.partition(":")
+    try:
+        return Normalization(name=name, crop_pix=int(crop or 0))
+    except ValueError as exc:
+        raise ParamError(f"--model-input {text!r}: {exc}") from exc
 
 
 def split_spec(params: dict, args) -> SplitSpec:
@@ -99,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         metrics, report, quarantine = out / "data_gates.json", out / "data_gates.md", out / "quarantine.parquet"
         manifest, assignment_path = args.manifest, args.assignment
+        input_spec, hard_negatives = model_input_spec(args.model_input), args.hard_negatives
     else:
         generation = args.generation
         blocking = generation_blocking(params, generation, args.params)
@@ -108,16 +126,23 @@ def main(argv: list[str] | None = None) -> int:
         metrics = args.metrics or f"metrics/{generation}/data_gates.json"
         report = args.report or f"reports/{generation}/data_gates.md"
         quarantine = args.quarantine or f"data/gates/{generation}/quarantine.parquet"
+        spec = SplitSpec(spec.nside, spec.guard_rings, declared_over(spec.declared, GENERATION_SPLITS))
+        train = train_config(params, generation, args.params)
+        input_spec = train.input_spec
+        hard_negatives = (args.hard_negatives or "data/hard_negatives") if train.hard_negative_frac > 0 else None
     assignment = read_assignment(assignment_path) if assignment_path else None
     audit = run_audit(manifest, config, spec, assignment=assignment, generation=generation, label=label,
                       blocking=blocking, metadata_only=args.metadata_only, skip=tuple(args.skip),
-                      suites_dir=args.expectations)
+                      suites_dir=args.expectations, input_spec=input_spec, hard_negatives=hard_negatives)
     audit.write(metrics, report, quarantine)
-    stopping = [r for r in audit.failed if r.family in blocking]
+    stopping = audit.stopping
     for result in audit.failed:
         line = failure_line(result, generation)
-        print(line if result.family in blocking else f"warning (gate family '{result.family}' not blocking): {line}",
-              file=sys.stderr)
+        if not audit.stops(result):
+            why = (f"gate family '{result.family}' not blocking" if result.family not in blocking else
+                   "raw pixels; the model-input figure blocks")
+            line = f"warning ({why}): {line}"
+        print(line, file=sys.stderr)
     counts = audit.counts()
     print(f"data_gates [{generation}]: {'PASS' if audit.passed else 'FAIL'} — {counts['fail']} failed, "
           f"{counts['pass']} passed, {counts['skipped']} skipped; report {report}", file=sys.stderr)

@@ -28,6 +28,7 @@ from darkhalo.lensing import RenderSettings
 from darkhalo.outputs import atomic_write_bytes, write_json
 from darkhalo.params import load_params
 from darkhalo.survey import survey_config
+from darkhalo.training import train_config
 
 
 def check_benchmark(manifest_path: str) -> dict:
@@ -69,14 +70,21 @@ def main(argv: list[str] | None = None) -> None:
     plots_dir = Path(args.plots_dir or f"plots/{gen}")
     torch.set_num_threads(engine.workers)
     manifest = check_benchmark(args.benchmark)
-    scorer = Scorer.load(args.model or f"data/models/{gen}/model.pt")
+    n_negatives = manifest["parts"]["injections"]["rows"] // 2 + manifest["parts"]["hard_negatives"]["rows"]
+    if n_negatives < config.min_benchmark_negatives:
+        raise SystemExit(f"evaluate@{gen}: the benchmark holds {n_negatives} negatives (test controls + hard "
+                         f"negatives), fewer than evaluate.min_benchmark_negatives = {config.min_benchmark_negatives} "
+                         f"({args.params}): FPR 1e-3 would rest on under {config.min_benchmark_negatives / 1000:g} "
+                         "expected false positives. Raise survey.n_parents or split.test_frac, or lower the param.")
+    scorer = Scorer.load(args.model or f"data/models/{gen}/model.pt",
+                         expected=train_config(params, gen, args.params).input_spec)
     skipped = {}
     val_labels, val_scores = score_split(scorer, args.inject or f"data/inject/{gen}", "val", config, skipped)
     threshold = M.operating_threshold_for_fpr(val_labels, val_scores, config.operating_fpr)
     parts = manifest["parts"]
     with tqdm(total=parts["injections"]["rows"], desc=f"evaluate@{gen}", unit="stamp") as bar:
         tables = [score_injections(scorer, parts["injections"]["path"], config, survey.seed, render,
-                                   engine.core_radius_pix, skipped, bar.update)]
+                                   engine.core_radius_pix, skipped, bar.update, parts["injections"]["rows"])]
     tables.append(score_negatives(scorer, parts["hard_negatives"]["path"], "hard_negative", "hn_class", config,
                                   skipped))
     if "anchors" in parts:

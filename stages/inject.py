@@ -3,7 +3,8 @@
 ``--generation NAME`` uses ``generations.NAME``; ``--benchmark`` uses the frozen
 benchmark's design (``benchmark.injection``, test split only).
 
-Reads the survey (data/survey) and the split assignment; writes
+Generations are injected into the train and val regions only (the test region is the frozen
+benchmark's). Reads the survey (data/survey) and the split assignment; writes
 ``data/inject/<generation>/region_split=<split>/part-NNNNN.parquet`` (native
 layout, controls and positives) and ``metrics/<generation>/inject.json``.
 Two passes over the survey shards when the generation targets an arc-S/N
@@ -26,10 +27,8 @@ from darkhalo.outputs import write_json
 from darkhalo.parallel import join_uri, make_dirs, map_shards, part_files, shard_output
 from darkhalo.params import load_params
 from darkhalo.stamps import PIXEL_COLUMNS
+from darkhalo.split import GENERATION_SPLITS, SPLITS
 from darkhalo.survey import survey_config
-
-
-SPLITS = ("train", "val", "test")
 
 
 def load_assignment(path: str, splits=SPLITS) -> pa.Table:
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     name = "benchmark" if args.benchmark else args.generation
     out = args.out or ("data/benchmark/injections" if args.benchmark else f"data/inject/{name}")
     metrics = args.metrics or f"metrics/{name}/inject.json"
-    assignment = load_assignment(args.split, ("test",) if args.benchmark else SPLITS)
+    assignment = load_assignment(args.split, ("test",) if args.benchmark else GENERATION_SPLITS)
     files = part_files(args.survey)
     if not files:
         raise FileNotFoundError(f"{args.survey}: no survey shards (part-*.parquet)")

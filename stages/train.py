@@ -21,7 +21,6 @@ import torch
 
 from darkhalo.dataset import content_hash
 from darkhalo.models import import_gen5_checkpoint
-from darkhalo.normalize import DEFAULT_NORMALIZATION
 from darkhalo.outputs import atomic_write_bytes, write_json
 from darkhalo.params import load_params
 from darkhalo.stats import rate_with_interval
@@ -67,19 +66,20 @@ def run(argv: list[str] | None = None) -> None:
         model, info = import_gen5_checkpoint(config.import_checkpoint)
         hashes["imported_checkpoint"] = content_hash(config.import_checkpoint)
         meta_tf = MetadataTransform(config.metadata_transform, [0.0, 0.0], [1.0, 1.0])
-        ckpt = checkpoint_dict(model, config, meta_tf, DEFAULT_NORMALIZATION, gen, info["epoch"], hashes,
+        ckpt = checkpoint_dict(model, config, meta_tf, config.input_spec, gen, info["epoch"], hashes,
                                source=f"imported:{config.import_checkpoint}")
         metrics = {"source": "imported", "epoch": info["epoch"]}
         history = []
     else:
         excluded = pq.read_table(quarantine, columns=["task_id"]).column("task_id").to_numpy()
         cols = config.metadata_columns
-        train = load_stamps(inject_dir, "train", DEFAULT_NORMALIZATION, cols, excluded)
-        val = load_stamps(inject_dir, "val", DEFAULT_NORMALIZATION, cols, excluded)
+        spec = config.input_spec
+        train = load_stamps(inject_dir, "train", spec, cols, excluded)
+        val = load_stamps(inject_dir, "val", spec, cols, excluded)
         n_hard = 0
         if config.hard_negative_frac > 0:
             hashes["hard_negatives"] = content_hash(args.hard_negatives)
-            hard = load_stamps(args.hard_negatives, "train", DEFAULT_NORMALIZATION, cols, id_column="parent_id")
+            hard = load_stamps(args.hard_negatives, "train", spec, cols, id_column="parent_id")
             train, n_hard = mix_hard_negatives(train, hard, config.hard_negative_frac, seed)
         if config.max_train_rows and len(train) > config.max_train_rows:
             from darkhalo.rng import keyed_rng
@@ -95,18 +95,22 @@ def run(argv: list[str] | None = None) -> None:
         with Live(dir=live_dir, save_dvc_exp=False, dvcyaml=None, report=None) as live:
             def log(epoch, entry):
                 for key, value in entry.items():
-                    if key != "epoch":
+                    if key not in ("epoch", "is_best"):
                         live.log_metric(key, value)
                 live.next_step()
 
             model, meta_tf, history = train_model(config, train, val, seed, gen, log)
-        ckpt = checkpoint_dict(model, config, meta_tf, DEFAULT_NORMALIZATION, gen, config.epochs, hashes)
+        best = [h for h in history if h["is_best"]][-1] if config.early_stopping_patience else history[-1]
+        ckpt = checkpoint_dict(model, config, meta_tf, spec, gen, best["epoch"] + 1, hashes)
         last = history[-1] if history else {}
-        metrics = {"source": "trained", "epochs": config.epochs, "architecture": config.architecture,
+        metrics = {"source": "trained", "epochs": config.epochs, "epochs_run": len(history),
+                   "best_epoch": best["epoch"] + 1, "best_val_auc": best["val_auc"],
+                   "early_stopping_patience": config.early_stopping_patience,
+                   "preprocessing": spec.to_dict(), "architecture": config.architecture,
                    "train_rows": {"positives": int(train.labels.sum()), "negatives": int((train.labels == 0).sum()),
                                   "hard_negatives": n_hard},
                    "val_rows": len(val), "skipped_rows": {"train": train.skipped, "val": val.skipped},
-                   "final": {k: v for k, v in last.items() if k != "epoch"},
+                   "final": {k: v for k, v in last.items() if k not in ("epoch", "is_best")},
                    "hard_negative_share_of_negatives": rate_with_interval(
                        n_hard, max(int((train.labels == 0).sum()), 1))}
     buffer = io.BytesIO()

@@ -49,7 +49,7 @@ def test_parameters_round_trip_through_a_checkpoint():
     restored = normalization_from_dict(json.loads(json.dumps(spec.to_dict())))
     assert restored == spec and restored.name == "outer_annulus_mad"
     assert normalization_from_dict(DEFAULT_NORMALIZATION.to_dict()) == DEFAULT_NORMALIZATION
-    with pytest.raises(ValueError, match="unknown normalisation"):
+    with pytest.raises(ValueError, match="unknown preprocessing"):
         Normalization(name="zscale")
     with pytest.raises(ValueError, match="unknown key"):
         normalization_from_dict({**spec.to_dict(), "gain": 2.0})

@@ -14,6 +14,7 @@ physics_*      survivors' injection physics columns, positives (value ranges, se
 split_values   one row per distinct region_split value (only train, val, test allowed)
 stamps         survivors' per-stamp pixel statistics (1.5, 1.8)
 core_scores    out-of-fold core-only classifier scores of the sampled survivors (1.6)
+core_scores_input  the same on the generation's model input (1.6, what the network sees)
 pixels         one row per occupied HEALPix pixel (disjointness, guard band)
 parents        one row per parent (one split each)
 pairs          one row per (parent_id, replicate) (pairs intact)
@@ -30,12 +31,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..normalize import Normalization
 from ..outputs import atomic_write_bytes, write_json
 from ..split import SPLITS
 from ..units import BANDS
 from . import report
+from .report import MODEL_INPUT_GATES
 from .columns import PHYSICS_RANGES, QUALITY_COLUMNS
-from .config import GatesConfig
+from .config import GATE_FAMILIES, GatesConfig
 from .contracts import ROW_CONTRACTS, RowContracts, evaluate_rows, flag_column, quarantine_table, schema_table
 from .core_baseline import NotEnoughData, out_of_fold_scores
 from .scan import Scan, read_column, scan_manifest
@@ -49,7 +52,9 @@ REPORT_COLUMNS = {"schema": ["column", "kind", "expected_kind", "note"],
                   "pixels": ["healpix_pixel", "splits", "n_other_splits_within_guard"],
                   "parents": ["parent_id", "n_splits"], "pairs": ["parent_id", "replicate", "n_positive", "n_control"],
                   "fractions": ["region_split", "fraction", "declared_fraction", "n_rows"],
-                  "split_values": ["region_split", "n_rows"]}
+                  "split_values": ["region_split", "n_rows"],
+                  "brightness_support": ["frac_above_positive_quantile", "positive_arc_snr_quantile",
+                                         "hard_negative_snr_p95", "n_hard_negatives"]}
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,18 @@ class Audit:
     @property
     def failed(self) -> list[GateResult]:
         return [r for r in self.results if r.verdict == "fail"]
+
+    def stops(self, result: GateResult) -> bool:
+        """Whether a failed gate stops the run: its family blocks, and for 1.6 / 1.8 the figure is
+        the model input's when that was measured (raw-pixel figures are then reported beside it)."""
+        if result.family not in self.blocking:
+            return False
+        measured_input = self.extra.get("input_spec") is not None
+        return not (measured_input and result.gate in MODEL_INPUT_GATES and not result.on_model_input)
+
+    @property
+    def stopping(self) -> list[GateResult]:
+        return [r for r in self.failed if self.stops(r)]
 
     @property
     def passed(self) -> bool:
@@ -171,8 +188,10 @@ class Audit:
         """The metrics JSON document: every gate's statistic, tolerance, interval and verdict."""
         return {
             "generation": self.generation, "label": self.label, "manifest": self.uri, "layout": self.layout,
-            "blocking_families": list(self.blocking), "verdict": "pass" if self.passed else "fail", "n_gates": self.counts(),
-            "failed": [r.id for r in self.failed], "n_rows": self.n_rows, "n_positive": self.n_positive,
+            "blocking_families": list(self.blocking), "verdict": "pass" if self.passed else "fail",
+            "stops_pipeline": bool(self.stopping), "n_gates": self.counts(),
+            "failed": [r.id for r in self.failed], "blocking_failed": [r.id for r in self.stopping],
+            "model_input": self.extra.get("input_spec"), "n_rows": self.n_rows, "n_positive": self.n_positive,
             "n_control": self.n_control, "class_balance": self.balance, "quarantine": self.quarantine_summary(),
             "normalization": self.config.normalization.to_dict(), "core_radius_pix": self.config.core_radius_pix,
             "split": {"nside": self.split.nside, "healpix_scheme": "NESTED", "guard_rings": self.split.guard_rings,
@@ -225,9 +244,17 @@ def read_assignment(path: str | Path):
 
 
 def run_audit(uri: str, config: GatesConfig, split: SplitSpec, *, assignment=None, generation: str = "manifest",
-              label: str = "", blocking: tuple = ("contracts", "split", "shortcuts"), metadata_only: bool = False, skip: tuple = (),
-              suites_dir: str | Path = DEFAULT_DIR) -> Audit:
-    """Audit the manifest at ``uri``; see module doc.  ``assignment``: frame from ``read_assignment`` or None."""
+              label: str = "", blocking: tuple = GATE_FAMILIES, metadata_only: bool = False, skip: tuple = (),
+              suites_dir: str | Path = DEFAULT_DIR, input_spec: Normalization | None = None,
+              hard_negatives: str | None = None) -> Audit:
+    """Audit the manifest at ``uri``; see module doc.  ``assignment``: frame from ``read_assignment`` or None.
+
+    ``input_spec``: the generation's model input; gates 1.5, 1.6 and 1.8 are then also measured on
+    it (checks named ``input_*``) and those figures, not the raw-pixel ones, block (1.5's statistics
+    are the model input's own normalisation statistics).
+    ``hard_negatives``: the hard negatives this generation trains on; the brightness-support gate
+    then checks their feature S/N lies inside the positives' arc-S/N support (train split).
+    """
     docs = load_suite_docs(suites_dir)
     if assignment is not None:
         nsides = np.unique(assignment["nside"].to_numpy())
@@ -236,7 +263,8 @@ def run_audit(uri: str, config: GatesConfig, split: SplitSpec, *, assignment=Non
         split = SplitSpec(int(nsides[0]), split.guard_rings, split.declared)
     scan = scan_manifest(uri, config.normalization, stamp_size_pix=config.stamp_size_pix,
                          core_radius_pix=config.core_radius_pix, core_max_stamps=config.core_max_stamps,
-                         seed=config.seed, batch_rows=config.batch_rows, read_pixels=not metadata_only)
+                         seed=config.seed, batch_rows=config.batch_rows, read_pixels=not metadata_only,
+                         input_spec=input_spec)
     rows = evaluate_rows(scan, config.stamp_size_pix, config.noise_from_psfdepth)
     unmet = {}
     if metadata_only:
@@ -246,7 +274,15 @@ def run_audit(uri: str, config: GatesConfig, split: SplitSpec, *, assignment=Non
                                    "use --metadata-only to audit metadata alone")
     if assignment is None:
         unmet["assignment"] = ("skipped", "no split assignment table given")
+    if input_spec is None:
+        unmet["model_input"] = ("skipped", "no model-input preprocessing given (raw-pixel figures only)")
+    if hard_negatives is None:
+        unmet["hard_negatives"] = ("skipped", "this generation trains on no hard negatives")
     tables, errors, extra = build_tables(scan, rows, config, split, assignment, need_pixels=not metadata_only)
+    if hard_negatives is not None:
+        frame = brightness_support(scan, rows, hard_negatives, config)
+        extra["brightness_support"] = frame
+        tables["brightness_support"] = TableSpec.from_frame(frame)
     parameters = config.suite_parameters()
     results = run_suites(docs, tables, parameters, table_errors=errors, unmet=unmet, skip_patterns=list(skip))
     _add_examples(results, scan, rows, extra)
@@ -263,6 +299,7 @@ def run_audit(uri: str, config: GatesConfig, split: SplitSpec, *, assignment=Non
             sel = (codes == i) & survive
             balance[name] = {"n_positive": int((sel & (is_control == 0)).sum()),
                              "n_control": int((sel & (is_control == 1)).sum())}
+    extra["input_spec"] = input_spec.to_dict() if input_spec is not None else None
     return Audit(generation, label, uri, scan.layout, config, split, blocking, results, quarantine_table(scan, rows),
                  meta.num_rows, n_pos, n_ctrl, balance, rows, extra)
 
@@ -384,30 +421,72 @@ def build_tables(scan: Scan, rows: RowContracts, config: GatesConfig, split: Spl
             for j, b in enumerate(BANDS):
                 stamp_columns[f"{stat}_{b}"] = (lambda stat=stat, j=j: (getattr(px, stat)[:, j] if all_survive
                                                                          else getattr(px, stat)[survive, j]))
+        for stat, values in px.model_input.items():
+            for j, b in enumerate(BANDS):
+                stamp_columns[f"{stat}_{b}"] = (lambda v=values, j=j: v[:, j] if all_survive else v[survive, j])
         tables["stamps"] = TableSpec(stamp_columns)
-        try:
-            scores_frame = _core_scores(scan, survive, config)
-            extra["core_scores_n"] = int(scores_frame.shape[0])
-            tables["core_scores"] = TableSpec({c: (lambda c=c: scores_frame[c].to_numpy())
-                                               for c in scores_frame.columns})
-        except NotEnoughData as exc:
-            errors["core_scores"] = f"could not be evaluated: {exc}"
-            tables["core_scores"] = TableSpec({c: None for c in ids + ["core_only_score"]})
+        for name, sample in (("core_scores", scan.core), ("core_scores_input", scan.input_core)):
+            if sample is None:
+                tables[name] = TableSpec({})
+                continue
+            try:
+                scores_frame = _core_scores(scan, sample, survive, config)
+                extra[f"{name}_n"] = int(scores_frame.shape[0])
+                tables[name] = TableSpec({c: (lambda c=c, f=scores_frame: f[c].to_numpy())
+                                          for c in scores_frame.columns})
+            except NotEnoughData as exc:
+                errors[name] = f"could not be evaluated: {exc}"
+                tables[name] = TableSpec({c: None for c in ids + ["core_only_score"]})
     memo.clear()
     return tables, errors, extra
 
 
-def _core_scores(scan: Scan, survive: np.ndarray, config: GatesConfig):
-    """Out-of-fold core-only scores of the sampled surviving stamps (gate 1.6)."""
+def brightness_support(scan: Scan, rows: RowContracts, hard_negatives: str, config: GatesConfig):
+    """One-row table: the hard negatives' feature S/N (``hn_annulus_snr``) against the positives' arc S/N.
+
+    Both on the train split.  ``frac_above_positive_quantile`` is the fraction of hard negatives
+    brighter than the positives' ``brightness_quantile`` (default 95th percentile): a model shown
+    negatives brighter than every positive learns "bright arc-like structure = not a lens".
+    """
+    import pandas as pd
+
+    from ..dataset import read_table
+
+    survive = ~rows.quarantined
+    names = _split_names(scan.meta)
+    positive = survive & (_np(scan.meta, "is_control", np.float64) == 0)
+    if names is not None:
+        positive &= _codes(names) == SPLITS.index("train")
+    snr = read_column(scan.uri, "arc_snr", scan.meta.num_rows, np.float64)[positive]
+    snr = snr[np.isfinite(snr)]
+    hn = read_table(hard_negatives, columns=["hn_annulus_snr", "region_split"])
+    hn_split = hn.column("region_split").to_numpy(zero_copy_only=False).astype(str)
+    hn_snr = hn.column("hn_annulus_snr").to_numpy(zero_copy_only=False).astype(np.float64)[hn_split == "train"]
+    hn_snr = hn_snr[np.isfinite(hn_snr)]
+    if not snr.size or not hn_snr.size:
+        raise ValueError(f"brightness support: {snr.size} positives with arc_snr and {hn_snr.size} train hard "
+                         f"negatives with hn_annulus_snr; both are needed ({scan.uri}, {hard_negatives})")
+    edge = float(np.quantile(snr, config.brightness_quantile))
+    above = int((hn_snr > edge).sum())
+    lo, hi = wilson_interval(above, hn_snr.size)
+    return pd.DataFrame({"positive_arc_snr_quantile": [edge], "quantile": [config.brightness_quantile],
+                         "n_hard_negatives": [hn_snr.size], "n_above": [above],
+                         "frac_above_positive_quantile": [above / hn_snr.size], "frac_lo": [lo], "frac_hi": [hi],
+                         "hard_negative_snr_p95": [float(np.quantile(hn_snr, 0.95))],
+                         "positive_arc_snr_p50": [float(np.median(snr))]})
+
+
+def _core_scores(scan: Scan, sample, survive: np.ndarray, config: GatesConfig):
+    """Out-of-fold core-only scores of the sampled surviving stamps (gate 1.6) from ``sample`` (a CoreSample)."""
     import pandas as pd
 
     meta = scan.meta
     for c in ("parent_id", "is_control"):
         if c not in meta.column_names:
             raise NotEnoughData(f"needs column {c}")
-    keep = survive[scan.core.rows]
-    rows_idx = scan.core.rows[keep]
-    features = scan.core.features[keep]
+    keep = survive[sample.rows]
+    rows_idx = sample.rows[keep]
+    features = sample.features[keep]
     parent = _np(meta, "parent_id").astype(np.int64)[rows_idx]
     is_control = _np(meta, "is_control").astype(np.int8)[rows_idx]
     scores = out_of_fold_scores(features, is_control == 0, parent, n_folds=config.core_folds,

@@ -33,6 +33,8 @@ class GatesConfig:
     normalization_outer_radius_pix: float = 16.0   # gate 1.5 / 1.6: the shared normalisation (darkhalo.normalize)
     normalization_clip: float = 10.0
     batch_rows: int = 256                     # stamps per streamed pixel chunk
+    brightness_quantile: float = 0.95         # brightness support: the positives' arc-S/N quantile ...
+    brightness_max_frac_above: float = 0.05   # ... above which at most this fraction of hard negatives may lie
 
     @property
     def normalization(self) -> Normalization:
@@ -55,6 +57,7 @@ class GatesConfig:
             "core_flux_ratio_max": 1.0 + self.core_flux_ratio_eps,
             "split_fraction_tolerance": self.split_fraction_tolerance,
             "pairs_mostly": 1.0 - self.max_unpaired_frac,
+            "brightness_max_frac_above": self.brightness_max_frac_above,
         }
 
 
@@ -68,6 +71,7 @@ GATES_RULES = {
     "core_l2_c": POSITIVE, "core_flux_ratio_eps": (lambda v: 0 < v < 1, "must be within (0, 1)"),
     "split_fraction_tolerance": FRACTION, "max_unpaired_frac": FRACTION,
     "normalization_outer_radius_pix": POSITIVE, "normalization_clip": POSITIVE, "batch_rows": POSITIVE,
+    "brightness_quantile": (lambda v: 0 < v < 1, "must be within (0, 1)"), "brightness_max_frac_above": FRACTION,
 }
 
 
@@ -84,7 +88,7 @@ def gates_config(params: dict, path: str) -> GatesConfig:
     return config
 
 
-GATE_FAMILIES = ("contracts", "split", "shortcuts")
+GATE_FAMILIES = ("contracts", "split", "shortcuts", "priors")
 
 
 def generation_blocking(params: dict, generation: str, path: str) -> tuple[str, ...]:

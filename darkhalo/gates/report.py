@@ -6,6 +6,8 @@ import math
 from .stats import wilson_interval
 from .validate import GateResult
 
+MODEL_INPUT_GATES = ("1.6", "1.8")   # measured on raw pixels and on the model input; the model input blocks
+
 UNITS = {"schema": "columns", "pixels": "HEALPix pixels", "parents": "parents", "pairs": "pairs",
          "fractions": "splits", "split_values": "distinct values"}
 MAP_KINDS = ("expect_column_values_to_be_in_set", "expect_column_values_to_be_between",
@@ -18,9 +20,14 @@ FAMILY_NOTES = {
     "1.5": "The statistics the robust normalisation uses (outer median, outer 1.4826·MAD, clip fraction) must not "
            "differ between classes, or every normalised pixel carries the label.",
     "1.6": "A logistic regression that sees only the central r < k px must not tell positives from controls "
-           "(held-out AUC near 0.5); otherwise a network can learn 'bright core' instead of arcs (DESIGN §2.1).",
+           "(held-out AUC near 0.5); otherwise a network can learn 'bright core' instead of arcs (docs/domain.md). "
+           "Measured on the raw pixels and on the model input (`input_core_only_auc`, which blocks).",
     "1.8": "Mean core flux of positives over controls: injected light overlapping the lens core makes positives "
-           "brighter there, a shortcut that passes as 'lens'.",
+           "brighter there, a shortcut that passes as 'lens'. On the model input (`input_core_rms_ratio`, which "
+           "blocks) the ratio of mean core RMS: a residual input has zero core mean by construction.",
+    "brightness": "Brightness support: at most a set fraction of the hard negatives may be brighter (feature S/N) "
+                  "than the positives' 95th-percentile arc S/N, or the model learns 'bright arc-like structure = "
+                  "not a lens'.",
     "1.2": "Every stamp has g, r and z, finite pixels and the declared shape.",
     "1.4": "Every stamp has a usable noise estimate per band.",
     "split": "HEALPix region-disjoint splits: no pixel in two splits, guard band honoured, pairs together, "
@@ -138,6 +145,48 @@ def _cell(value) -> str:
     return str(value)
 
 
+def _stat_text(result: GateResult | None) -> str:
+    if result is None:
+        return "—"
+    if result.verdict == "skipped" or not summary(result)["statistic"]:
+        return f"{result.verdict} ({result.reason})" if result.reason else result.verdict
+    value = next(iter(summary(result)["statistic"].values())) if result.gate != "1.8" else \
+        summary(result)["statistic"].get("ratio")
+    return f"{_fmt(value, '.3g')} ({result.verdict.upper() if result.verdict == 'fail' else result.verdict})"
+
+
+RAW_TWINS = {"input_core_rms_ratio": "core_flux_ratio", "input_core_only_auc": "core_only_auc"}
+
+
+def raw_twin(check: str) -> str:
+    """The raw-pixel check measuring what a model-input check measures (``input_clip_frac_g`` -> ``clip_frac_g``)."""
+    stem, _, band = check.rpartition("_")
+    if stem in RAW_TWINS:
+        return f"{RAW_TWINS[stem]}_{band}"
+    return RAW_TWINS.get(check, check)
+
+
+def side_by_side(audit) -> list[str]:
+    """Gates 1.6 / 1.8 on the raw pixels beside the same gates on the model input (which block)."""
+    if audit.extra.get("input_spec") is None:
+        return []
+    by_id = {r.id: r for r in audit.results}
+    rows = []
+    for r in audit.results:
+        if r.gate in MODEL_INPUT_GATES and r.on_model_input:
+            raw_check = raw_twin(r.check)
+            rows.append(f"| {r.gate} | {raw_check} | {_stat_text(by_id.get(f'{r.gate}:{raw_check}'))} | {r.check} | "
+                        f"{_stat_text(r)} |")
+    spec = audit.extra["input_spec"]
+    return ["## Shortcut gates: raw pixels and model input", "",
+            f"The model sees `{spec['name']}`" + (f" cropped to {spec['crop_pix']} px" if spec.get("crop_pix") else "")
+            + ". The raw-pixel figures carry the physical signal of arc light near the lens core; the model-input "
+            "figures say what of it the network can still use, and those block. (Gate 1.5's statistics are the "
+            "model input's own normalisation statistics, so 1.5 has one figure.)", "",
+            "| gate | raw pixels | statistic | model input | statistic (blocking) |", "|---|---|---|---|---|",
+            *rows, ""]
+
+
 def markdown(audit) -> str:
     """Human-readable report of an audit (darkhalo.gates.audit.Audit)."""
     counts = audit.counts()
@@ -152,6 +201,7 @@ def markdown(audit) -> str:
     if failed:
         lines += ["## Failed gates", ""] + [f"- `{failure_line(r, audit.generation)}`" for r in failed] + [""]
     lines += ["## What the gates found", ""] + [f"- {p}" for p in audit.findings()] + [""]
+    lines += side_by_side(audit)
     q = audit.quarantine_summary()
     lines += ["## Quarantine", "",
               f"{q['n_rows']} rows quarantined ({q['fraction']:.3%}, 95% interval [{q['fraction_ci95'][0]:.3%}, "

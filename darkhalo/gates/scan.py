@@ -16,6 +16,13 @@ per-stamp summary and dropped.  Per stamp and band (g, r, z):
   the arc, whose clipping is signal, not leakage;
 * ``core_flux_nmgy``: sum of the image over the central r < k px.
 
+With a model-input preprocessing (``input_spec``, the generation's
+``train.preprocessing``) the same chunk is also turned into what the network
+sees (darkhalo.normalize.normalize) and summarised: ``input_core_rms``
+(root-mean-square of the input inside r < k px: a residual input has zero mean
+by construction, so core *power* is what can differ between the classes) and, for
+the sampled parents, the input's core pixels as gate-1.6 features.
+
 For a sample of parents (``core_max_stamps`` stamps, chosen by a hash of
 ``parent_id`` so a positive and its control are sampled together) the core
 pixels are kept as classifier features for gate 1.6: asinh of the unclipped
@@ -31,7 +38,8 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from ..dataset import Chunk, iter_chunks, layout_of, open_dataset, resolve_uri, stamps_of
-from ..normalize import Normalization, core_mask, outer_mask, robust_stats
+from ..normalize import Normalization, core_mask, normalize, outer_mask, robust_stats
+from ..rng import parent_sample_mask
 from ..stamps import PIXEL_COLUMNS, StampBatch, StampFormatError, stamps_from_legacy
 from .columns import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 
@@ -52,6 +60,7 @@ class PixelSummary:
     clip_frac: np.ndarray
     core_flux_nmgy: np.ndarray
     decode_errors: dict[int, str] = field(default_factory=dict)   # global row -> message
+    model_input: dict[str, np.ndarray] = field(default_factory=dict)  # INPUT_STATS -> (N, 3), with an input spec
 
 
 @dataclass
@@ -76,23 +85,18 @@ class Scan:
     pixels: PixelSummary | None
     core: CoreSample | None
     pixel_size: int | None      # decoded stamp side (px)
+    input_core: CoreSample | None = None   # the model input's core features (with an input spec)
 
 
-def _uniform_hash(values: np.ndarray, seed: int) -> np.ndarray:
-    """Deterministic uniform [0, 1) per integer value (splitmix64 of value ^ seed)."""
-    z = np.asarray(values).astype(np.uint64) ^ np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
-    with np.errstate(over="ignore"):
-        z = z + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+INPUT_STATS = ("input_core_rms",)
 
 
-def core_sample_mask(parent_id: np.ndarray, n_rows: int, max_stamps: int, seed: int) -> np.ndarray:
-    """Rows whose parent is in the gate-1.6 sample (about ``max_stamps`` rows, whole parents)."""
-    p = min(1.0, max_stamps / max(n_rows, 1))
-    return _uniform_hash(parent_id, seed) < p
+def summarise_model_input(image: np.ndarray, spec: Normalization, core_radius_pix: float) -> dict[str, np.ndarray]:
+    """Core statistics of the model input of (N, 3, S, S) stamps (module doc); ``_core`` holds its core pixels."""
+    with np.errstate(invalid="ignore"):
+        x = normalize(image, spec).astype(np.float64)
+        core = x[..., core_mask(x.shape[-1], core_radius_pix)]
+        return {"input_core_rms": np.sqrt(np.mean(core ** 2, axis=-1)), "_core": core}
 
 
 def _decode(chunk: Chunk, size: int, layout: str, first_row: int, errors: dict[int, str]) -> StampBatch:
@@ -179,7 +183,8 @@ def read_column(uri: str, name: str, n_rows: int, dtype=None) -> np.ndarray:
 
 
 def scan_manifest(uri: str, spec: Normalization, *, stamp_size_pix: int, core_radius_pix: float,
-                  core_max_stamps: int, seed: int, batch_rows: int = 256, read_pixels: bool = True) -> Scan:
+                  core_max_stamps: int, seed: int, batch_rows: int = 256, read_pixels: bool = True,
+                  input_spec: Normalization | None = None) -> Scan:
     """Stream ``uri`` once; see module doc.  ``read_pixels=False`` reads metadata only."""
     dataset = open_dataset(uri)
     schema = dataset.schema
@@ -194,7 +199,8 @@ def scan_manifest(uri: str, spec: Normalization, *, stamp_size_pix: int, core_ra
     parts: dict[str, list[np.ndarray]] = {}
     errors: dict[int, str] = {}
     shape_ok_parts = []
-    core_rows, core_feats = [], []
+    core_rows, core_feats, input_feats = [], [], []
+    inputs: dict[str, list[np.ndarray]] = {}
     pixel_size = None
     if layout == "native" and do_pixels:
         ext = schema.field("image_r").type
@@ -222,13 +228,21 @@ def scan_manifest(uri: str, spec: Normalization, *, stamp_size_pix: int, core_ra
                     stats = summarise_pixels(batch, spec, core_radius_pix)
                     pid = chunk.table.column("parent_id").to_numpy() if "parent_id" in chunk.table.column_names \
                         else np.arange(n_seen, n_seen + n)
-                    sel = np.flatnonzero(core_sample_mask(pid, n_total, core_max_stamps, seed))
+                    sel = np.flatnonzero(parent_sample_mask(pid, n_total, core_max_stamps, seed))
                     if sel.size:
                         core_rows.append(n_seen + sel)
                         core_feats.append(np.arcsinh(stats["_unclipped_core"][sel]).reshape(sel.size, -1)
                                           .astype(np.float32))
+                    if input_spec is not None:
+                        model_input = summarise_model_input(batch.image, input_spec, core_radius_pix)
+                        input_feats.append(model_input.pop("_core")[sel].reshape(sel.size, -1).astype(np.float32))
+                        for key, value in model_input.items():
+                            inputs.setdefault(key, []).append(value)
                 else:
                     stats = _empty_stats(n)
+                    if input_spec is not None:
+                        for key in INPUT_STATS:
+                            inputs.setdefault(key, []).append(np.full((n, 3), np.nan))
                 stats.pop("_unclipped_core", None)
                 for key, value in stats.items():
                     parts.setdefault(key, []).append(value)
@@ -244,16 +258,19 @@ def scan_manifest(uri: str, spec: Normalization, *, stamp_size_pix: int, core_ra
         if errors:
             shape_ok = shape_ok.copy()
             shape_ok[list(errors)] = False
-        pixels = PixelSummary(shape_ok=shape_ok, decode_errors=errors, **cat)
-    core = None
+        pixels = PixelSummary(shape_ok=shape_ok, decode_errors=errors, **cat,
+                              model_input={k: np.concatenate(v) for k, v in inputs.items()})
+    core = input_core = None
     if do_pixels:
         n_feat = int(core_mask(stamp_size_pix, core_radius_pix).sum()) * 3
-        core = CoreSample(np.concatenate(core_rows) if core_rows else np.zeros(0, np.int64),
-                          np.concatenate(core_feats) if core_feats else np.zeros((0, n_feat), np.float32))
+        rows = np.concatenate(core_rows) if core_rows else np.zeros(0, np.int64)
+        core = CoreSample(rows, np.concatenate(core_feats) if core_feats else np.zeros((0, n_feat), np.float32))
+        if input_spec is not None and input_feats:
+            input_core = CoreSample(rows, np.concatenate(input_feats))
     return Scan(uri=uri, layout=layout, schema=schema, files=files,
                 file_index=np.concatenate(file_index) if file_index else np.zeros(0, np.int32),
                 row_in_file=np.concatenate(row_in_file) if row_in_file else np.zeros(0, np.int64),
-                meta=meta, pixels=pixels, core=core, pixel_size=pixel_size)
+                meta=meta, pixels=pixels, core=core, pixel_size=pixel_size, input_core=input_core)
 
 
 def _empty_stats(n: int) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """The data-gate suites, defined in code and kept as JSON in ``expectations/``.
 
-Three data-gate suites, one per gate family, and the model-gate suite:
+Four data-gate suites, one per gate family, and the model-gate suite:
 
 * ``contracts``: schema and dtypes, task_id unique, row contracts 1.2/1.4
   (with the quarantine tolerance), value ranges of injection physics columns,
@@ -9,7 +9,11 @@ Three data-gate suites, one per gate family, and the model-gate suite:
   one split, pairs intact, declared fractions met, rows agree with the
   assignment table;
 * ``shortcuts``: gates 1.1 (quality matched), 1.5 (normalisation statistics
-  matched), 1.6 (core-only AUC), 1.8 (core brightness ratio);
+  matched), 1.6 (core-only AUC), 1.8 (core brightness ratio); 1.6 and 1.8 on
+  the raw pixels and (checks named ``input_*``) on the generation's model input
+  (1.5's statistics are the model input's own normalisation statistics);
+* ``priors``: brightness support (the hard negatives' feature S/N inside the
+  positives' arc-S/N support);
 * ``model_gates``: gates 1.3 (null injection) and 1.7 (arc-suppressed), run by
   ``evaluate@<generation>`` over its scores table (darkhalo/evaluation.py).
 
@@ -37,7 +41,7 @@ from ..units import BANDS
 from .columns import INJECTION_COLUMNS, PHYSICS_RANGES, QUALITY_COLUMNS, SPLIT_NAMES
 from .contracts import PIXEL_CONTRACTS, ROW_CONTRACTS, flag_column
 
-SUITE_NAMES = ("contracts", "split", "shortcuts")   # the data-gate families
+SUITE_NAMES = ("contracts", "split", "shortcuts", "priors")   # the data-gate families
 MODEL_SUITE = "model_gates"                          # gates 1.3 and 1.7, over evaluate's scores table
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "expectations"
 NORM_STATS = ("outer_median_nmgy", "outer_sigma_nmgy", "clip_frac")
@@ -140,7 +144,28 @@ def shortcuts_suite() -> list[dict]:
                       column=f"core_flux_nmgy_{band}", group_column="is_control", positive_value=0,
                       cluster_column="parent_id", min_value=_p("core_flux_ratio_min"),
                       max_value=_p("core_flux_ratio_max")))
+    # gates 1.6 and 1.8 on the generation's model input (what the network sees); these block
+    out.append(_e("expect_column_roc_auc_to_be_between", id="1.6:input_core_only_auc", table="core_scores_input",
+                  needs=("pixels", "model_input"),
+                  title="model input: core-only classifier cannot tell positives from controls",
+                  column="core_only_score", label_column="is_control", positive_value=0,
+                  min_value=_p("core_auc_min"), max_value=_p("core_auc_max")))
+    for band in BANDS:
+        out.append(_e("expect_column_group_mean_ratio_to_be_between", id=f"1.8:input_core_rms_ratio_{band}",
+                      table="stamps", needs=("pixels", "model_input"),
+                      title=f"model input: mean core RMS ({band}) positives / controls",
+                      column=f"input_core_rms_{band}", group_column="is_control", positive_value=0,
+                      cluster_column="parent_id", min_value=_p("core_flux_ratio_min"),
+                      max_value=_p("core_flux_ratio_max")))
     return out
+
+
+def priors_suite() -> list[dict]:
+    """Expectations of the priors family: the training positives cover what the model is shown as negative."""
+    return [_e("expect_column_max_to_be_between", id="brightness:support", table="brightness_support",
+               needs=("hard_negatives",), title="hard negatives no brighter than the positives: fraction above "
+               "the positives' arc-S/N quantile", column="frac_above_positive_quantile",
+               min_value=0.0, max_value=_p("brightness_max_frac_above"))]
 
 
 def model_gates_suite() -> list[dict]:
@@ -160,7 +185,7 @@ def model_gates_suite() -> list[dict]:
     ]
 
 
-BUILDERS = {"contracts": contracts_suite, "split": split_suite, "shortcuts": shortcuts_suite,
+BUILDERS = {"contracts": contracts_suite, "split": split_suite, "shortcuts": shortcuts_suite, "priors": priors_suite,
             MODEL_SUITE: model_gates_suite}
 
 

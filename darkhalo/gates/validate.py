@@ -35,6 +35,11 @@ class GateResult:
     reason: str = ""                 # why skipped / why it could not be evaluated
     examples: list[str] = field(default_factory=list)   # offending rows / pixels / columns, human-readable
 
+    @property
+    def on_model_input(self) -> bool:
+        """Measured on the generation's model input (checks named ``input_*``), not the raw pixels."""
+        return self.check.startswith("input_")
+
 
 def resolve(value, parameters: dict):
     """Fill ``{"$PARAMETER": name}`` references (recursively) from ``parameters``."""
