@@ -2,7 +2,7 @@
 
 * ``metadata``: the standalone gates (``python -m stages.data_gates --metadata-only``)
   over a metadata-only manifest in the users' layout (hive-partitioned by
-  region_split; DESIGN §4 columns plus the survey quality columns), 10 million
+  region_split; the users' legacy columns (docs/domain.md) plus the survey quality columns), 10 million
   rows by default: wall time and peak RSS of the audit process (goal: <= 60 s
   and <= 6 GiB on 2 cores);
 * ``pixels``: the full gates (streamed pixel pass, 1.5/1.6/1.8, contracts,

@@ -84,7 +84,7 @@ DEFAULT_SETS = {
                 "grading": ["confident"], "lens_type": ["galaxy"]},
 }
 DEFAULT_THETA_E_ARCSEC = {"slacs": 1.2, "bells": 1.1, "desi_ls": 1.6}
-# Real mode: DR10 median PSF FWHM (DESIGN section 5); the cutout service does not say the seeing.
+# Real mode: DR10 median PSF FWHM (docs/domain.md); the cutout service does not say the seeing.
 DEFAULT_CUTOUT_PSF_FWHM_ARCSEC = {"g": 1.3, "r": 1.2, "z": 1.1}
 # Embedded mode: per set, injection priors (over inject.default_priors) and clumps.  Spectroscopic
 # lenses (SLACS, BELLS): theta_E 0.8-1.8", faint sources (most arcs invisible at DR10 depth);

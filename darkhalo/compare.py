@@ -515,7 +515,7 @@ HEADLINE_GATES = {"core_only_auc_raw": ("1.6:core_only_auc", "auc"),
                   "core_only_auc_model_input": ("1.6:input_core_only_auc", "auc"),
                   "core_flux_ratio_r_raw": ("1.8:core_flux_ratio_r", "ratio"),
                   "core_rms_ratio_r_model_input": ("1.8:input_core_rms_ratio_r", "ratio"),
-                  "brightness_support_frac_above": ("brightness:support", "frac_above_positive_quantile")}
+                  "brightness_support_frac_above": ("brightness:support", "value")}
 
 
 def _round(value, digits: int = 4):

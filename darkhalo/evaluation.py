@@ -10,12 +10,12 @@ units of theta_E and in pixels, on positives and on controls.
 Arc suppression (gate 1.7) removes the injected light *outside* the core
 (r >= ``core_radius_pix``), redrawn noiseless from the row's columns, and
 keeps what the injection added to the core: a model that reads the arcs falls
-to control level, one that reads core brightness does not (DESIGN §2 item 1).
+to control level, one that reads core brightness does not (docs/domain.md, "What went wrong before" 1).
 The gate takes the positives the model detects (score >= threshold) whose arc
 has at least half its flux outside the core, and asks what fraction is still
 detected with the arc removed; for a model that reads arcs that is about the
 false-positive rate.  ``summarise``
-turns the table into the metrics of DESIGN §7 with intervals.
+turns the table into the metrics of docs/domain.md ("Evaluation conventions") with intervals.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class EvaluateConfig:
     gate17_max_retained_fraction: float = 0.1  # detected positives still detected with the arc removed
     gates_blocking: bool = False
     batch_size: int = 256
-    diagnostic_max_rows: int = 3000            # centre-masked diagnostic: about this many benchmark rows (whole pairs)
+    diagnostic_max_rows: int = 1200            # centre-masked diagnostic: about this many benchmark rows (whole pairs)
     min_benchmark_negatives: int = 5000        # FPR 1e-3 needs >= 5 expected false positives
 
 
@@ -313,8 +313,9 @@ def summarise(scores: pa.Table, threshold: float, config: EvaluateConfig) -> dic
                                                                 int(mctrl.sum())),
             }
     out["centre_masked"] = masks
-    out["arc_snr_survival_vs_theta_e"] = survival_by_bin(col["arc_snr_survival"][pos], col["theta_e_arcsec"][pos],
-                                                         config.theta_e_edges)
+    if "arc_snr_survival" in col:
+        out["arc_snr_survival_vs_theta_e"] = survival_by_bin(col["arc_snr_survival"][pos], col["theta_e_arcsec"][pos],
+                                                             config.theta_e_edges)
     return out
 
 

@@ -303,7 +303,7 @@ def good_pixels(stamps: StampBatch) -> np.ndarray:
 
 
 def arc_snr(arcs: np.ndarray, invvar: np.ndarray, good: np.ndarray) -> np.ndarray:
-    """Matched-filter S/N sqrt(sum a^2 invvar) over good pixels of all three bands (DESIGN §5)."""
+    """Matched-filter S/N sqrt(sum a^2 invvar) over good pixels of all three bands (docs/domain.md)."""
     iv = np.where(good, invvar, 0.0).astype(np.float64)
     return np.sqrt(np.sum(arcs.astype(np.float64) ** 2 * iv, axis=(1, 2, 3)))
 

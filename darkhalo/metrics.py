@@ -4,7 +4,7 @@ Pure numpy functions over one row per example: ``labels`` (0/1 or bool, 1 = lens
 ``scores`` (probabilities or logits; ranking metrics only use their order) and optional
 per-row bin or group columns. No torch, no I/O.
 
-Conventions (DESIGN §7):
+Conventions (docs/domain.md, "Evaluation conventions"):
 
 * A row is *selected* at threshold ``t`` when ``score >= t``. ROC thresholds are the
   distinct score values, highest first, preceded by ``+inf`` (nothing selected); rows with

@@ -3,7 +3,7 @@
 * ``resnet_small``: a compact residual network for 64x64 grz stamps, sized for
   CPUs (stride-2 stem, three stages of two basic blocks, 16/32/64 channels,
   ~0.2 M parameters), in the spirit of the small ResNets of DESI lens searches.
-* ``gen5_convnext``: the users' Gen5 model (DESIGN §4): torchvision
+* ``gen5_convnext``: the users' Gen5 model (docs/domain.md, "The users' data"): torchvision
   ``convnext_tiny`` with its final Linear replaced by identity (768 features
   after the classifier's LayerNorm2d + Flatten), a metadata MLP on
   ``[psfsize_r, psfdepth_r]`` (Linear 2->256, ReLU, Dropout 0.1, Linear

@@ -1,4 +1,4 @@
-"""DR10-like observing conditions and the LRG deflector population (DESIGN §5).
+"""DR10-like observing conditions and the LRG deflector population (docs/domain.md, "Units and conventions").
 
 Distributions are calibrated on the users' DR10 LRG parent sample: quantile
 functions interpolate its 5/25/50/75/95 percentiles; a Gaussian copula ties

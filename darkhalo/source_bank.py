@@ -1,6 +1,6 @@
 """Real source morphologies from an HDF5 bank laid out like the users' COSMOS bank.
 
-Layout (DESIGN §4): dataset ``images`` (N, H, W) float (HST stamps, 128x128 at
+Layout (docs/domain.md): dataset ``images`` (N, H, W) float (HST stamps, 128x128 at
 0.03"/px), attribute ``pixel_scale_arcsec`` on the file (or on ``images``), and
 optionally a dataset ``half_light_radius_arcsec`` (N,).  Dataset names are
 parameters so another bank with the same structure reads too.  Images are

@@ -1,4 +1,4 @@
-"""Units and photometric conventions (DESIGN §5): the one definition of each.
+"""Units and photometric conventions (docs/domain.md): the one definition of each.
 
 Fluxes are in nanomaggies (AB zero point 22.5), angles on the sky in arcsec,
 pixel scale 0.262 arcsec/px.  ``psfdepth`` is the Tractor point-source inverse

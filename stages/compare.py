@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"calibration bins differ or are missing in the evaluate metrics: {bins}")
     result = compare(gens[0], gens[1], config, int(next(iter(bins.values()))))
     write_json(args.out, result)
-    detail = {kind: {g: json.loads((root / f"metrics/{g}/{kind}.json").read_text())
+    # the generations' gate and training metrics join the headline when present (the pipeline always has them)
+    detail = {kind: {g: (json.loads(path.read_text()) if (path := root / f"metrics/{g}/{kind}.json").exists() else {})
                      for g in (config.baseline, config.candidate)} for kind in ("data_gates", "train")}
     write_json(args.summary, headline_summary(result, detail["data_gates"], detail["train"]))
     for name, table in plot_tables(result).items():

@@ -53,7 +53,8 @@ def tiny_params(**survey_overrides) -> dict:
     params["generations"]["gen5p"]["n_candidates"] = 4
     params["benchmark"]["injection"]["n_candidates"] = 3
     params["train"].update(epochs=1, batch_size=32, threads=1)
-    params["generations"]["gen5p"]["train"].update(epochs=1)
+    for gen in params["generations"].values():
+        gen.setdefault("train", {})["epochs"] = 1
     # a few dozen stamps cannot resolve the shortcut tolerances: integrity gates block, the rest report
     for gen in params["generations"].values():
         gen["gates_blocking"] = ["contracts", "split"]
@@ -132,6 +133,7 @@ SOURCE_COLOUR = {"g": 0.69, "r": 1.0, "z": 1.45}   # flux ratios to r of a g-r =
 def gates_params(**gates_overrides) -> dict:
     """Repository params with the gates survey and test tolerances (gates_overrides on top)."""
     params = tiny_params(**GATES_SURVEY)
+    params["split"].update(train_frac=0.7, val_frac=0.15, test_frac=0.15)   # unequal, so an inverted split shows
     params["gates"].update(GATES_TEST_PARAMS)
     params["gates"].update(gates_overrides)
     return params
@@ -363,6 +365,7 @@ def review_params() -> dict:
     ~20 val controls.
     """
     params = tiny_params(**REVIEW_SURVEY)
+    params["split"].update(train_frac=0.7, val_frac=0.15, test_frac=0.15)   # ~20 val controls (the threshold)
     params["survey_gallery"].update(n_stamps=6)
     params["inject"].update(workers=1, batch_size=64)
     params["hard_negatives"].update(n_per_class=6, shard_rows=24, workers=1, gallery_per_class=1)
@@ -374,11 +377,7 @@ def review_params() -> dict:
             gen["n_candidates"] = 2
     params["gates"].update(GATES_TEST_PARAMS, core_max_stamps=400, core_folds=3)
     params["train"].update(epochs=1, batch_size=32, threads=1)
-    params["generations"]["gen5p"]["train"].update(epochs=1)
-    # a few dozen stamps cannot resolve the shortcut tolerances: integrity gates block, the rest report
-    for gen in params["generations"].values():
-        gen["gates_blocking"] = ["contracts", "split"]
-    params["evaluate"].update(operating_fpr=0.2, batch_size=64, min_benchmark_negatives=0)
+    params["evaluate"].update(operating_fpr=0.2, batch_size=64)
     if "compare" in params:
         params["compare"].update(n_bootstrap=60)
     if "report" in params:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -33,9 +34,13 @@ def test_pipeline_mode_blocking_per_generation_and_deterministic(gates_project, 
     params = gates_params()
     params["generations"]["gen5p"]["gates_blocking"] = True
     params["generations"]["gen5"]["gates_blocking"] = ["contracts", "split"]   # shortcut gates report only
+    params["generations"]["gen5p"]["train"]["hard_negative_frac"] = 0.0      # no hard negatives in this directory
     write_params(tmp_path / "params.yaml", params)
+    # as inject@<generation> writes them: train and val only (the test region is the benchmark's)
+    splits = np.asarray(core_table.column("region_split").to_pylist())
+    generation_rows = core_table.filter(pa.array(splits != "test"))
     for generation in ("gen5", "gen5p"):
-        write_manifest(core_table, tmp_path / "data" / "inject" / generation)
+        write_manifest(generation_rows, tmp_path / "data" / "inject" / generation)
     monkeypatch.chdir(tmp_path)
     outputs = ["metrics/gen5/data_gates.json", "reports/gen5/data_gates.md", "data/gates/gen5/quarantine.parquet"]
     assert data_gates.main(["--generation", "gen5", "--params", "params.yaml"]) == 0    # shortcuts not blocking
@@ -47,9 +52,13 @@ def test_pipeline_mode_blocking_per_generation_and_deterministic(gates_project, 
     capsys.readouterr()
     assert data_gates.main(["--generation", "gen5p", "--params", "params.yaml"]) == 1   # every family blocking
     err = capsys.readouterr().err
-    assert "\nGATE 1.6 FAILED [gen5p] core_only_auc" in "\n" + err
+    # the residual model input is measured: its 1.6 blocks, the raw-pixel 1.6 is reported beside it
+    assert "\nGATE 1.6 FAILED [gen5p] input_core_only_auc" in "\n" + err
+    assert "warning (raw pixels; the model-input figure blocks): GATE 1.6 FAILED [gen5p] core_only_auc" in err
     metrics = json.loads((tmp_path / "metrics" / "gen5p" / "data_gates.json").read_text())
-    assert metrics["verdict"] == "fail" and metrics["blocking_families"] == ["contracts", "split", "shortcuts"] and metrics["label"] == "Gen5' (remediated)"
+    assert metrics["verdict"] == "fail" and metrics["label"] == "Gen5' (remediated)"
+    assert metrics["blocking_families"] == ["contracts", "split", "shortcuts", "priors"]
+    assert "1.6:input_core_only_auc" in metrics["blocking_failed"] and "1.6:core_only_auc" not in metrics["blocking_failed"]
     report = (tmp_path / "reports" / "gen5p" / "data_gates.md").read_text()
     assert "# Data gates: gen5p — Gen5' (remediated)" in report and "**Verdict: FAIL**" in report
     with pytest.raises(ParamError, match="generations.gen9 is not defined"):

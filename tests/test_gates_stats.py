@@ -27,7 +27,7 @@ def test_smd_wilson_and_ratio_hand_cases():
     d, (lo, hi) = standardized_mean_difference(np.array([1.0, 2, 3, 4]), np.array([0.0, 1, 2, 3]))
     assert d == pytest.approx(1 / np.sqrt(5 / 3)) and lo < d < hi
     assert standardized_mean_difference(np.ones(5), np.ones(5))[0] == 0.0
-    lo, hi = wilson_interval(4, 4)                  # DESIGN §2.4: 4/4 anchors is not a measurement
+    lo, hi = wilson_interval(4, 4)                  # docs/domain.md: 4/4 anchors is not a measurement
     assert lo == pytest.approx(0.5101, abs=1e-4) and hi == 1.0
     assert wilson_interval(0, 0) == (0.0, 1.0)
     x = np.array([2.0, 4.0, 6.0])

@@ -11,7 +11,7 @@ from darkhalo.normalize import (DEFAULT_NORMALIZATION, Normalization, core_mask,
 
 
 def reference(stamp: np.ndarray, radius: float, clip: float) -> np.ndarray:
-    """Direct per-band computation of DESIGN §4's definition, written without the library."""
+    """Direct per-band computation of the users' definition (docs/domain.md), written without the library."""
     size = stamp.shape[-1]
     out = np.empty_like(stamp, dtype=np.float64)
     for b in range(stamp.shape[0]):

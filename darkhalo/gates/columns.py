@@ -3,7 +3,7 @@
 The gates rely only on: survey catalogue columns, ``region_split``,
 ``healpix_pixel``, ``task_id``, ``parent_id``, ``replicate``, ``is_control``,
 the pixel columns and (for value-range contracts, when present) the injection
-physics columns below.  Units are in the names (DESIGN §5).
+physics columns below.  Units are in the names (docs/domain.md).
 """
 from __future__ import annotations
 

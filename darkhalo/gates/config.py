@@ -11,7 +11,7 @@ POLICIES = ("quarantine", "fail")
 
 @dataclass(frozen=True)
 class GatesConfig:
-    """Gate tolerances (effect sizes, rates) and switches; see DESIGN §6."""
+    """Gate tolerances (effect sizes, rates) and switches; see docs/domain.md, "Gates"."""
 
     seed: int
     row_contract_policy: str = "quarantine"   # quarantine: bad rows listed, contract fails above max_quarantine_frac

@@ -1,4 +1,4 @@
-"""Effect sizes with intervals for the gates (never bare p-values; DESIGN §2.8).
+"""Effect sizes with intervals for the gates (never bare p-values; docs/domain.md).
 
 Two groups are compared with the two-sample KS distance D and the
 standardised mean difference (SMD, pooled SD); classifier separability with
