@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", default=".", help="directory holding data/eval/ and metrics/")
     parser.add_argument("--out", default="metrics/compare.json")
     parser.add_argument("--plots-dir", default="plots/compare")
-    parser.add_argument("--summary", default="metrics/summary.json", help="the review's headline metrics")
+    parser.add_argument("--summary", default=None, help="the review's headline metrics (default: summary.json "
+                        "beside --out)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     config = compare_config(params, args.params)
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     # the generations' gate and training metrics join the headline when present (the pipeline always has them)
     detail = {kind: {g: (json.loads(path.read_text()) if (path := root / f"metrics/{g}/{kind}.json").exists() else {})
                      for g in (config.baseline, config.candidate)} for kind in ("data_gates", "train")}
-    write_json(args.summary, headline_summary(result, detail["data_gates"], detail["train"]))
+    write_json(args.summary or Path(args.out).with_name("summary.json"),
+               headline_summary(result, detail["data_gates"], detail["train"]))
     for name, table in plot_tables(result).items():
         sink = pa.BufferOutputStream()
         pacsv.write_csv(table, sink)

@@ -207,6 +207,9 @@ def test_stage_and_report_numbers_equal_the_metrics_files(two_generations, tmp_p
                         "--out", str(root / "metrics/compare.json"), "--plots-dir", str(root / "plots/compare")])
     doc = json.loads((root / "metrics/compare.json").read_text())
     assert doc["metrics"]["auc"]["verdict"] == "better"
+    summary = json.loads((root / "metrics/summary.json").read_text())      # beside --out, never the repo's
+    assert summary["difference"]["auc"]["verdict"] == "better" and summary["gen5p"]["auc"] == pytest.approx(
+        doc["metrics"]["auc"]["candidate"], rel=1e-3)
     assert (root / "plots/compare/completeness_theta_e_diff.csv").read_text().startswith('"theta_e"')
     assert '"metric","diff","lo","hi","verdict"' in (root / "plots/compare/metric_diffs.csv").read_text()
     write_json(root / "metrics/gen5/inject.json", inject_metrics(12, {"theta_e_arcsec": 3, "src_dmag": 2,
