@@ -540,7 +540,7 @@ def headline_summary(result: dict, gates: dict[str, dict], train: dict[str, dict
             if value is not None:
                 entry[key] = _round(value)
         entry["data_gates_failed"] = len(gates[name].get("failed", []))
-        entry["data_gates_blocking_failed"] = len(gates[name].get("blocking_failed", gates[name].get("failed", [])))
+        entry["data_gates_blocking_failed"] = len(gates[name].get("blocking_failed", []))
         if "best_val_auc" in train[name] or "final" in train[name]:
             entry["val_auc"] = _round(train[name].get("best_val_auc", train[name].get("final", {}).get("val_auc")))
             entry["epochs_run"] = train[name].get("epochs_run", train[name].get("epochs"))

@@ -69,12 +69,6 @@ class Normalization:
         if self.crop_pix < 0 or self.crop_pix % 2:
             raise ValueError(f"crop_pix = {self.crop_pix}: must be 0 (no crop) or a positive even number of pixels")
 
-    def input_size(self, stamp_size: int) -> int:
-        """Side (px) of the model input for stamps of ``stamp_size`` px."""
-        if self.crop_pix > stamp_size:
-            raise ValueError(f"crop_pix = {self.crop_pix} is larger than the {stamp_size} px stamps")
-        return self.crop_pix or stamp_size
-
     def to_dict(self) -> dict:
         """Plain dict (JSON / checkpoint friendly)."""
         return dataclasses.asdict(self)
@@ -140,7 +134,7 @@ def robust_stats(images: np.ndarray, spec: Normalization = DEFAULT_NORMALIZATION
 
 
 def normalize(images: np.ndarray, spec: Normalization = DEFAULT_NORMALIZATION, *, clip: bool = True) -> np.ndarray:
-    """The model input of ``spec`` (float32): (N, 3, S, S) stamps in nmgy -> (N, 3, C, C), C = input_size(S).
+    """The model input of ``spec`` (float32): (N, 3, S, S) stamps in nmgy -> (N, 3, C, C), C = crop_pix or S.
 
     ``outer_annulus_mad``: (x - outer median) / outer robust sigma, clipped to ±clip; accepts any
     (..., S, S).  ``residual``: the same minus each band's azimuthal-median profile about the light
@@ -160,6 +154,8 @@ def crop(images: np.ndarray, crop_pix: int) -> np.ndarray:
     size = images.shape[-1]
     if not crop_pix or crop_pix == size:
         return images
+    if crop_pix > size:
+        raise ValueError(f"crop_pix = {crop_pix} is larger than the {size} px stamps")
     lo = (size - crop_pix) // 2
     return images[..., lo:lo + crop_pix, lo:lo + crop_pix]
 
@@ -261,8 +257,7 @@ def arc_snr_survival(background_nmgy: np.ndarray, arcs_nmgy: np.ndarray, spec: N
     the plain outer normalisation on the whole stamp.  1 for ``outer_annulus_mad`` without a crop;
     a residual input loses the azimuthally symmetric part of the arc (all of a complete ring).
     """
-    reference = Normalization(outer_radius_pix=spec.outer_radius_pix, clip=spec.clip, mad_to_sigma=spec.mad_to_sigma,
-                              min_scale_nmgy=spec.min_scale_nmgy)
+    reference = dataclasses.replace(spec, name=OUTER_ANNULUS_MAD, crop_pix=0)
     lensed = np.asarray(background_nmgy, np.float64) + arcs_nmgy
 
     def arc_snr(s: Normalization) -> np.ndarray:

@@ -274,7 +274,7 @@ def train_model(config: TrainConfig, train: StampSet, val: StampSet, seed: int, 
     ``log(epoch, metrics)`` is called after every epoch (DVCLive in the stage).
     Early stopping (``early_stopping_patience`` > 0): training stops after that many epochs
     without a val AUC gain of at least ``early_stopping_min_delta``, and the weights of the best
-    epoch are returned (``history[i]["best"]`` marks it).  The cosine schedule spans ``epochs``,
+    epoch are returned (``history[i]["is_best"]`` marks each new best).  The cosine schedule spans ``epochs``,
     the budget.  A non-finite loss stops training naming the batch's task ids.  Inside an
     initialised torch.distributed group (torchrun, DDP) every global batch is
     split across the ranks, gradients are averaged by DDP, and rank 0's buffers

@@ -67,7 +67,7 @@ def parse_args(argv):
     parser.add_argument("--policy", choices=("quarantine", "fail"), help="override gates.row_contract_policy")
     parser.add_argument("--hard-negatives", help="hard negatives trained on, for the brightness-support gate "
                         "(pipeline mode default: data/hard_negatives when hard_negative_frac > 0)")
-    parser.add_argument("--model-input", metavar="NAME[:CROP]", help="standalone: also measure gates 1.5/1.6/1.8 "
+    parser.add_argument("--model-input", metavar="NAME[:CROP]", help="standalone: also measure gates 1.6/1.8 "
                         "on this model input (e.g. residual:32); pipeline mode: the generation's train.preprocessing")
     args = parser.parse_args(argv)
     if not args.out and not args.generation:

@@ -249,8 +249,8 @@ def run_audit(uri: str, config: GatesConfig, split: SplitSpec, *, assignment=Non
               hard_negatives: str | None = None) -> Audit:
     """Audit the manifest at ``uri``; see module doc.  ``assignment``: frame from ``read_assignment`` or None.
 
-    ``input_spec``: the generation's model input; gates 1.5, 1.6 and 1.8 are then also measured on
-    it (checks named ``input_*``) and those figures, not the raw-pixel ones, block (1.5's statistics
+    ``input_spec``: the generation's model input; gates 1.6 and 1.8 are then also measured on it
+    (checks named ``input_*``) and those figures, not the raw-pixel ones, block (1.5's statistics
     are the model input's own normalisation statistics).
     ``hard_negatives``: the hard negatives this generation trains on; the brightness-support gate
     then checks their feature S/N lies inside the positives' arc-S/N support (train split).
@@ -276,10 +276,10 @@ def run_audit(uri: str, config: GatesConfig, split: SplitSpec, *, assignment=Non
         unmet["assignment"] = ("skipped", "no split assignment table given")
     if input_spec is None:
         unmet["model_input"] = ("skipped", "no model-input preprocessing given (raw-pixel figures only)")
+    tables, errors, extra = build_tables(scan, rows, config, split, assignment, need_pixels=not metadata_only)
     if hard_negatives is None:
         unmet["hard_negatives"] = ("skipped", "this generation trains on no hard negatives")
-    tables, errors, extra = build_tables(scan, rows, config, split, assignment, need_pixels=not metadata_only)
-    if hard_negatives is not None:
+    else:
         frame = brightness_support(scan, rows, hard_negatives, config)
         extra["brightness_support"] = frame
         tables["brightness_support"] = TableSpec.from_frame(frame)

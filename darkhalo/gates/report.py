@@ -155,15 +155,10 @@ def _stat_text(result: GateResult | None) -> str:
     return f"{_fmt(value, '.3g')} ({result.verdict.upper() if result.verdict == 'fail' else result.verdict})"
 
 
-RAW_TWINS = {"input_core_rms_ratio": "core_flux_ratio", "input_core_only_auc": "core_only_auc"}
-
-
 def raw_twin(check: str) -> str:
-    """The raw-pixel check measuring what a model-input check measures (``input_clip_frac_g`` -> ``clip_frac_g``)."""
-    stem, _, band = check.rpartition("_")
-    if stem in RAW_TWINS:
-        return f"{RAW_TWINS[stem]}_{band}"
-    return RAW_TWINS.get(check, check)
+    """The raw-pixel check measuring what a model-input check measures (``input_core_rms_ratio_g`` ->
+    ``core_flux_ratio_g``: on the model input 1.8 compares core RMS, on raw pixels core flux)."""
+    return check.removeprefix("input_").replace("core_rms_ratio", "core_flux_ratio")
 
 
 def side_by_side(audit) -> list[str]:
