@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := true
 export GX_ANALYTICS_ENABLED := false
 export PYSPARK_PYTHON := $(BIN)/python
 
-.PHONY: repro test bench env ablation
+.PHONY: repro test bench env ablation ablation-collect
 
 env: $(VENV)/.installed
 
@@ -31,3 +31,7 @@ bench: env
 
 ablation: env   # queue the leave-one-out variants of params.yaml `ablation:` as DVC experiments
 	python -m darkhalo.ablation
+
+ablation-collect: env   # after `dvc queue start` finished: metrics/ablation.json for the report's ablation table
+	python -m darkhalo.ablation --collect
+	dvc repro report

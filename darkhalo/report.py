@@ -332,6 +332,7 @@ class Inputs:
     anchors: str = "metrics/anchors.json"
     hard_negatives: str = "metrics/hard_negatives.json"
     benchmark_inject: str = "metrics/benchmark/inject.json"
+    ablation: str = "metrics/ablation.json"
 
     @property
     def generations(self) -> list[str]:
@@ -478,11 +479,35 @@ class Report:
                           "no measurable effect" if total["not distinguishable"] else "not measurable here")
             lines.append(f"| {name} | {a} | {b} | {', '.join(present)} | " + " | ".join(counts)
                          + f" | **{conclusion}** |")
+        lines += self.ablation()
         cal = "calibration" in fam
         if cal:
             lines += ["", "- " + self.metric_sentence("ece") + " (not a remediation target; reported because the "
                       "scores are read as probabilities)."]
         return lines + [""]
+
+    ABLATION_METRICS = (("auc", "AUC"), ("completeness", "completeness"), ("anchor_recall_tierA", "Tier-A recall"),
+                        ("hard_negative_fpr_all", "HN FPR"), ("core_only_auc_model_input", "input core AUC"))
+
+    def ablation(self) -> list[str]:
+        """Leave-one-out table from metrics/ablation.json (``make ablation-collect``): variant - full candidate."""
+        s, i = self.s, self.i
+        if not s.has(i.ablation):
+            return ["", f"Leave-one-out ablation: not measured ({i.ablation} absent; `make ablation`, then "
+                    "`make ablation-collect`)."]
+        lines = ["", f"Leave-one-out ablation of {i.candidate} ({i.ablation}; variant − full {i.candidate} on the "
+                 "variant's base commit; one training seed each, so a Δ within the bootstrap half-widths of the "
+                 "table above is not an effect):", "",
+                 "| variant removes | status | " + " | ".join(f"Δ {label}" for _, label in self.ABLATION_METRICS)
+                 + " |", "|---|---|" + "---|" * len(self.ABLATION_METRICS)]
+        for name, entry in s.get(i.ablation, "variants").items():
+            if entry.get("status") != "measured":
+                lines.append(f"| {name} | not measured | " + " | ".join("—" for _ in self.ABLATION_METRICS) + " |")
+                continue
+            cells = [s.n_or(i.ablation, "variants", name, "metrics", key, "delta", default="—")
+                     for key, _ in self.ABLATION_METRICS]
+            lines.append(f"| {name} | measured (base {entry['base_commit'][:7]}) | " + " | ".join(cells) + " |")
+        return lines
 
     def curves(self, figures: dict) -> list[str]:
         lines = ["## ROC and completeness", ""]

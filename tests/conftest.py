@@ -67,7 +67,7 @@ def write_params(path: Path, params: dict) -> Path:
     return path
 
 
-PROJECT_FILES = ["dvc.yaml", ".dvcignore", "stages", "darkhalo", "expectations"]
+PROJECT_FILES = ["dvc.yaml", ".dvcignore", "stages", "darkhalo", "expectations", "metrics/ablation.json"]
 
 
 def copy_project(root: Path, params: dict) -> None:
@@ -80,6 +80,7 @@ def copy_project(root: Path, params: dict) -> None:
         if src.is_dir():
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, root / name)
     write_params(root / "params.yaml", params)
 

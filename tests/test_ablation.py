@@ -33,3 +33,42 @@ def test_a_mistyped_key_is_refused_before_anything_is_queued():
     params["ablation"]["typo"] = {"generations.gen5p.trian.epochs": 2}
     with pytest.raises(ParamError, match="trian"):
         queue_commands(params, "params.yaml")
+
+
+def test_collect_reads_the_finished_experiments_and_says_not_measured_for_the_rest(tmp_path, monkeypatch):
+    """A real `dvc exp run` in a scratch repo: collect finds its ref and diffs it against its base commit."""
+    import os
+    import subprocess
+
+    from darkhalo.ablation import collect
+
+    def run(*args):
+        subprocess.run(args, cwd=tmp_path, check=True, capture_output=True,
+                       env={**os.environ, "DVC_NO_ANALYTICS": "true"})
+
+    params = {"gen5p_frac": 0.2, "compare": {"candidate": "gen5p"},
+              "ablation": {"no_hard_negatives": {"gen5p_frac": 0.0}, "no_residual_input": {"gen5p_frac": 0.5}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "write_summary.py").write_text(
+        "import json, os, yaml\nf = yaml.safe_load(open('params.yaml'))['gen5p_frac']\n"
+        "os.makedirs('metrics', exist_ok=True)\n"
+        "json.dump({'gen5p': {'auc': 0.7 - f, 'completeness': 0.25}}, open('metrics/summary.json', 'w'))\n")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"summary": {
+        "cmd": "python write_summary.py", "deps": ["write_summary.py"], "params": ["gen5p_frac"],
+        "metrics": [{"metrics/summary.json": {"cache": False}}]}}}))
+    run("git", "init", "-q")
+    run("git", "config", "user.email", "t@example.org")
+    run("git", "config", "user.name", "t")
+    run("dvc", "init", "-q")
+    run("dvc", "repro", "-q")
+    run("git", "add", "-A")
+    run("git", "commit", "-q", "-m", "base")
+    run("dvc", "exp", "run", "-q", "-n", "ablation-no_hard_negatives", "-S", "gen5p_frac=0.0")
+    monkeypatch.chdir(tmp_path)
+    result = collect(params, "params.yaml", "gen5p")
+    measured = result["variants"]["no_hard_negatives"]
+    assert measured["status"] == "measured"
+    assert measured["metrics"]["auc"] == {"full": pytest.approx(0.5), "variant": pytest.approx(0.7),
+                                          "delta": pytest.approx(0.2)}
+    assert measured["metrics"]["completeness"]["delta"] == 0
+    assert result["variants"]["no_residual_input"] == {"status": "not measured"}
