@@ -18,6 +18,8 @@ The intervals cover benchmark sampling only: training-seed variance is not in th
 """
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -459,11 +461,6 @@ def compare(a: Generation, b: Generation, config: CompareConfig, calibration_bin
     groups = bootstrap_groups(shared)
     specs = metric_specs(shared, a.summary, b.summary, calibration_bins)
     results = {s.name: compare_metric(s, shared, ca, cb, a, b, groups, config) for s in specs}
-    counts = {v: [k for k, r in results.items() if r["verdict"] == v] for v in VERDICTS}
-    families = {}
-    for r in results.values():
-        fam = families.setdefault(r["family"], {v: 0 for v in VERDICTS})
-        fam[r["verdict"]] += 1
     part = shared["part"]
     return {
         "baseline": a.name, "candidate": b.name, "benchmark_sha256": sha,
@@ -477,13 +474,60 @@ def compare(a: Generation, b: Generation, config: CompareConfig, calibration_bin
         "rows": {p: int(np.count_nonzero(part == p)) for p in PARTS},
         "operating_threshold": {a.name: a.threshold, b.name: b.threshold},
         "n_metrics": len(results),
-        "verdict_counts": {v: len(names) for v, names in counts.items()},
-        "verdicts": counts,
-        "family_verdict_counts": families,
+        **tally(results),
         "order": list(results),
         "metrics": results,
         "benchmark": {"fixed_mask_coverage": mask_coverage(shared, a.summary)},
     }
+
+
+def tally(results: dict) -> dict:
+    """Verdict counts, the metric names per verdict and the counts per metric family."""
+    counts = {v: [k for k, r in results.items() if r["verdict"] == v] for v in VERDICTS}
+    families = {}
+    for r in results.values():
+        families.setdefault(r["family"], {v: 0 for v in VERDICTS})[r["verdict"]] += 1
+    return {"verdict_counts": {v: len(names) for v, names in counts.items()}, "verdicts": counts,
+            "family_verdict_counts": families}
+
+
+def combine_seeds(per_seed: list[dict], config: CompareConfig) -> dict:
+    """compare.json over training seeds: ``per_seed[k]`` compares seed k of both generations.
+
+    Per metric the difference is the mean over seeds of the seed differences, and its interval
+    combines the benchmark bootstrap (seed 0's half-width) with the seed spread in quadrature:
+    half-width = sqrt(h_boot^2 + (t * sd / sqrt(n))^2), t the Student quantile at
+    ``confidence`` with n - 1 degrees of freedom; the verdict is decided again on that interval.
+    Baseline and candidate values are seed means too.
+    """
+    from scipy import stats
+
+    n = len(per_seed)
+    if n < 2:
+        return per_seed[0]
+    result = copy.deepcopy(per_seed[0])
+    t = float(stats.t.ppf(0.5 + config.confidence / 2, n - 1))
+    for name, metric in result["metrics"].items():
+        runs = [doc["metrics"][name] for doc in per_seed]
+        if metric["verdict"] == "not resolvable" or any(r.get("diff") is None or not np.isfinite(r["diff"])
+                                                         for r in runs):
+            continue
+        diffs = np.array([r["diff"] for r in runs], dtype=np.float64)
+        half = math.sqrt((0.5 * (metric["hi"] - metric["lo"])) ** 2 + (t * diffs.std(ddof=1) / math.sqrt(n)) ** 2)
+        centre = float(diffs.mean())
+        metric.update(baseline=float(np.mean([r["baseline"] for r in runs])),
+                      candidate=float(np.mean([r["candidate"] for r in runs])), diff=centre,
+                      lo=centre - half, hi=centre + half, bootstrap_lo=metric["lo"], bootstrap_hi=metric["hi"],
+                      seed_diffs=diffs.tolist(), seed_sd=float(diffs.std(ddof=1)), n_seeds=n,
+                      verdict=M.verdict((centre - half, centre + half), config.tolerance, metric["higher_is_better"]))
+    result.update(tally(result["metrics"]))
+    result["bootstrap"]["note"] = (f"intervals combine benchmark sampling (paired bootstrap of seed 0) with the "
+                                   f"spread of {n} training seeds per generation (paired by seed index); "
+                                   "each interval is per metric (no multiplicity correction)")
+    result["operating_threshold"] = {g: [doc["operating_threshold"][g] for doc in per_seed]
+                                     for g in result["operating_threshold"]}
+    result["n_seeds"] = n
+    return result
 
 
 def plot_tables(result: dict) -> dict[str, pa.Table]:

@@ -49,6 +49,7 @@ class TrainConfig:
     input_crop_pix: int = 0                  # > 0: the model sees the central crop (px) of the preprocessed stamp
     early_stopping_patience: int = 0         # stop after this many epochs without a better val AUC (0: never)
     early_stopping_min_delta: float = 0.002  # a val AUC gain smaller than this is not an improvement
+    seeds: int = 1                           # models trained with different seeds (compare combines their spread)
 
     @property
     def n_metadata(self) -> int:
@@ -71,8 +72,18 @@ TRAIN_RULES = {
     "max_train_rows": NON_NEGATIVE,
     "preprocessing": (lambda v: v in PREPROCESSINGS, f"must be one of {', '.join(PREPROCESSINGS)}"),
     "input_crop_pix": (lambda v: v >= 0 and v % 2 == 0, "must be 0 (no crop) or a positive even number of pixels"),
-    "early_stopping_patience": NON_NEGATIVE, "early_stopping_min_delta": NON_NEGATIVE,
+    "early_stopping_patience": NON_NEGATIVE, "early_stopping_min_delta": NON_NEGATIVE, "seeds": POSITIVE,
 }
+
+
+def seed_file_name(stem: str, suffix: str, seed_index: int) -> str:
+    """File of training seed ``seed_index`` (``model.pt``, ``model_seed1.pt``, ``scores_seed2.parquet``, ...)."""
+    return f"{stem}{suffix}" if seed_index == 0 else f"{stem}_seed{seed_index}{suffix}"
+
+
+def run_key(generation: str, seed_index: int) -> str:
+    """RNG key of one training run: the generation's name for seed 0 (unchanged), + ``:seed<k>`` for others."""
+    return generation if seed_index == 0 else f"{generation}:seed{seed_index}"
 
 
 def train_config(params: dict, generation: str, path: str) -> TrainConfig:
@@ -91,6 +102,9 @@ def train_config(params: dict, generation: str, path: str) -> TrainConfig:
         raise ParamError(f"{path}: gen5_convnext needs metadata_columns {list(GEN5_METADATA)}")
     if config.centre_mask_prob > 0 and not (config.centre_mask_radius_pix or config.centre_mask_radius_theta_e):
         raise ParamError(f"{path}: centre_mask_prob > 0 needs centre_mask_radius_pix or centre_mask_radius_theta_e")
+    if config.seeds > 1 and config.import_checkpoint:
+        raise ParamError(f"{path}: train.seeds = {config.seeds} (generation {generation}) with import_checkpoint: "
+                         "an imported model has one seed; set seeds: 1")
     if config.epochs < 1 and not config.import_checkpoint:
         raise ParamError(f"{path}: train.epochs = {config.epochs} (generation {generation}): must be >= 1 "
                          "(or set import_checkpoint)")
@@ -268,8 +282,12 @@ def training_device(name: str) -> torch.device:
 
 
 def train_model(config: TrainConfig, train: StampSet, val: StampSet, seed: int, generation: str,
-                log=None, pixel_scale_arcsec: float = 0.262) -> tuple[nn.Module, MetadataTransform, list[dict]]:
+                log=None, pixel_scale_arcsec: float = 0.262,
+                seed_index: int = 0) -> tuple[nn.Module, MetadataTransform, list[dict]]:
     """Train a fresh model; returns (model, metadata transform, per-epoch history).
+
+    ``seed_index`` selects the training seed (initial weights, batch order, augmentation): 0 is
+    the generation's default run, ``1 .. seeds - 1`` the extra runs of ``train.seeds``.
 
     ``log(epoch, metrics)`` is called after every epoch (DVCLive in the stage).
     Early stopping (``early_stopping_patience`` > 0): training stops after that many epochs
@@ -284,13 +302,14 @@ def train_model(config: TrainConfig, train: StampSet, val: StampSet, seed: int, 
     world, rank = distributed_context()
     device = training_device(config.device)
     torch.set_num_threads(config.threads)
-    torch.manual_seed(keyed_rng(seed, f"train:{generation}:init").integers(2**62))
+    key = run_key(generation, seed_index)
+    torch.manual_seed(keyed_rng(seed, f"train:{key}:init").integers(2**62))
     model = build_model(config.architecture, config.n_metadata).to(device)
     net = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     meta_tf = MetadataTransform.fit(config.metadata_transform, train.metadata)
-    gen = torch.Generator().manual_seed(int(keyed_rng(seed, f"train:{generation}:augment", rank).integers(2**62)))
+    gen = torch.Generator().manual_seed(int(keyed_rng(seed, f"train:{key}:augment", rank).integers(2**62)))
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
     total = max(1, steps_per_epoch * config.epochs)
@@ -303,7 +322,7 @@ def train_model(config: TrainConfig, train: StampSet, val: StampSet, seed: int, 
     best_auc, best_state, since_best = -np.inf, None, 0
     for epoch in range(config.epochs):
         net.train()
-        order = keyed_rng(seed, f"train:{generation}:order", epoch).permutation(len(train))
+        order = keyed_rng(seed, f"train:{key}:order", epoch).permutation(len(train))
         losses = []
         for start in range(0, len(order), config.batch_size):
             idx = np.sort(order[start:start + config.batch_size])[rank::world]

@@ -1,8 +1,9 @@
 """DVC stage `compare`: candidate minus baseline generation on the frozen benchmark, paired bootstrap.
 
 Reads data/eval/<generation>/scores.parquet and metrics/<generation>/{evaluate,data_gates,train}.json
-of ``compare.baseline`` and ``compare.candidate``; refuses generations evaluated on different
-benchmarks; writes metrics/compare.json (every metric), metrics/summary.json (the headline a
+of ``compare.baseline`` and ``compare.candidate`` (with ``train.seeds`` > 1 also each extra seed's
+scores_seed<k>.parquet and evaluate_seed<k>.json: seeds are paired by index and the intervals
+combine their spread with the bootstrap); refuses generations evaluated on different benchmarks; writes metrics/compare.json (every metric), metrics/summary.json (the headline a
 reviewer reads in ``dvc metrics diff``) and DVC plot data in plots/compare/.
 """
 from __future__ import annotations
@@ -15,9 +16,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from darkhalo.compare import compare, compare_config, generation, headline_summary, plot_tables
+from darkhalo.compare import combine_seeds, compare, compare_config, generation, headline_summary, plot_tables
 from darkhalo.outputs import atomic_write_bytes, write_json
 from darkhalo.params import load_params
+from darkhalo.training import seed_file_name, train_config
 
 
 def load(name: str, scores: str, summary: str):
@@ -36,12 +38,18 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     config = compare_config(params, args.params)
     root = Path(args.root)
-    gens = [load(g, str(root / f"data/eval/{g}/scores.parquet"), str(root / f"metrics/{g}/evaluate.json"))
-            for g in (config.baseline, config.candidate)]
-    bins = {g.name: (g.summary.get("calibration") or {}).get("n_bins") for g in gens}
+    names = (config.baseline, config.candidate)
+    n_seeds = min(train_config(params, g, args.params).seeds for g in names)
+
+    def seed_run(g: str, k: int):   # seed 0's summary is the generation's evaluate metrics
+        evaluate = root / f"metrics/{g}/evaluate.json" if k == 0 else root / f"data/eval/{g}" / seed_file_name("evaluate", ".json", k)
+        return load(g, str(root / f"data/eval/{g}" / seed_file_name("scores", ".parquet", k)), str(evaluate))
+
+    runs = [[seed_run(g, k) for g in names] for k in range(n_seeds)]
+    bins = {g.name: (g.summary.get("calibration") or {}).get("n_bins") for g in runs[0]}
     if len(set(bins.values())) != 1 or None in bins.values():
         raise ValueError(f"calibration bins differ or are missing in the evaluate metrics: {bins}")
-    result = compare(gens[0], gens[1], config, int(next(iter(bins.values()))))
+    result = combine_seeds([compare(a, b, config, int(next(iter(bins.values())))) for a, b in runs], config)
     write_json(args.out, result)
     # the generations' gate and training metrics join the headline when present (the pipeline always has them)
     detail = {kind: {g: (json.loads(path.read_text()) if (path := root / f"metrics/{g}/{kind}.json").exists() else {})

@@ -3,7 +3,10 @@
 Writes data/eval/<generation>/scores.parquet (one row per benchmark stamp:
 score and diagnostic scores), metrics/<generation>/evaluate.json (with the
 benchmark hash), metrics/<generation>/model_gates.json, and DVC plot data in
-plots/<generation>/ (roc.csv, completeness_*.csv).
+plots/<generation>/ (roc.csv, completeness_*.csv).  With ``train.seeds`` > 1 every
+extra training seed k is scored the same way (its own operating threshold):
+data/eval/<generation>/scores_seed<k>.parquet and evaluate_seed<k>.json, and
+evaluate.json gains ``seed_spread`` (mean and sd over seeds of the headline metrics).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -25,10 +29,13 @@ from darkhalo.evaluation import (evaluate_config, model_gates, roc_points, score
 from darkhalo.inference import Scorer
 from darkhalo.injection import engine_settings
 from darkhalo.lensing import RenderSettings
-from darkhalo.outputs import atomic_write_bytes, write_json
+from darkhalo.outputs import atomic_dir, atomic_write_bytes, write_json
 from darkhalo.params import load_params
 from darkhalo.survey import survey_config
-from darkhalo.training import train_config
+from darkhalo.training import seed_file_name, train_config
+
+SEED_SPREAD_KEYS = (("auc", ("roc", "auc")), ("completeness", ("completeness_at_threshold", "rate")),
+                    ("hard_negative_fpr", ("hard_negative_fpr", "rate")))
 
 
 def check_benchmark(manifest_path: str) -> dict:
@@ -48,14 +55,53 @@ def write_csv(path: Path, table: pa.Table) -> None:
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
+def score_benchmark(scorer: Scorer, manifest: dict, inject_uri: str, config, seed: int, render: RenderSettings,
+                    core_radius_pix: float, desc: str) -> tuple[pa.Table, float, dict]:
+    """(scores table, operating threshold from the generation's val controls, skipped rows) of one model."""
+    skipped = {}
+    val_labels, val_scores = score_split(scorer, inject_uri, "val", config, skipped)
+    threshold = M.operating_threshold_for_fpr(val_labels, val_scores, config.operating_fpr)
+    parts = manifest["parts"]
+    with tqdm(total=parts["injections"]["rows"], desc=desc, unit="stamp") as bar:
+        tables = [score_injections(scorer, parts["injections"]["path"], config, seed, render, core_radius_pix,
+                                   skipped, bar.update, parts["injections"]["rows"])]
+    tables.append(score_negatives(scorer, parts["hard_negatives"]["path"], "hard_negative", "hn_class", config,
+                                  skipped))
+    if "anchors" in parts:
+        tables.append(score_negatives(scorer, parts["anchors"]["path"], "anchor", "anchor_group", config, skipped,
+                                      label=1))
+    return pa.concat_tables([t for t in tables if t.num_rows], promote_options="default"), threshold, skipped
+
+
+def seed_spread(summaries: list[dict]) -> dict:
+    """Mean and sd (ddof 1) over training seeds of the headline metrics of each seed's summary."""
+    spread = {}
+    for name, keys in SEED_SPREAD_KEYS:
+        values = []
+        for summary in summaries:
+            node = summary
+            for key in keys:
+                node = (node or {}).get(key)
+            values.append(float("nan") if node is None else float(node))
+        spread[name] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)), "n": len(values),
+                        "per_seed": values}
+    return spread
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generation", required=True)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--model", default=None)
+    parser.add_argument("--models", default=None, help="model directory, default data/models/<generation>")
     parser.add_argument("--benchmark", default="metrics/benchmark.json")
     parser.add_argument("--inject", default=None, help="the generation's own data (val split sets the threshold)")
-    parser.add_argument("--scores", default=None)
+    parser.add_argument("--scores-dir", default=None, help="default data/eval/<generation>")
     parser.add_argument("--metrics-dir", default=None)
     parser.add_argument("--plots-dir", default=None)
     args = parser.parse_args(argv)
@@ -76,29 +122,28 @@ def main(argv: list[str] | None = None) -> None:
                          f"negatives), fewer than evaluate.min_benchmark_negatives = {config.min_benchmark_negatives} "
                          f"({args.params}): FPR 1e-3 would rest on under {config.min_benchmark_negatives / 1000:g} "
                          "expected false positives. Raise survey.n_parents or split.test_frac, or lower the param.")
-    scorer = Scorer.load(args.model or f"data/models/{gen}/model.pt",
-                         expected=train_config(params, gen, args.params).input_spec)
-    skipped = {}
-    val_labels, val_scores = score_split(scorer, args.inject or f"data/inject/{gen}", "val", config, skipped)
-    threshold = M.operating_threshold_for_fpr(val_labels, val_scores, config.operating_fpr)
-    parts = manifest["parts"]
-    with tqdm(total=parts["injections"]["rows"], desc=f"evaluate@{gen}", unit="stamp") as bar:
-        tables = [score_injections(scorer, parts["injections"]["path"], config, survey.seed, render,
-                                   engine.core_radius_pix, skipped, bar.update, parts["injections"]["rows"])]
-    tables.append(score_negatives(scorer, parts["hard_negatives"]["path"], "hard_negative", "hn_class", config,
-                                  skipped))
-    if "anchors" in parts:
-        tables.append(score_negatives(scorer, parts["anchors"]["path"], "anchor", "anchor_group", config, skipped,
-                                      label=1))
-    scores = pa.concat_tables([t for t in tables if t.num_rows], promote_options="default")
-    sink = pa.BufferOutputStream()
-    pq.write_table(scores, sink, compression="zstd")
-    atomic_write_bytes(args.scores or f"data/eval/{gen}/scores.parquet", sink.getvalue().to_pybytes())
-
-    summary = summarise(scores, threshold, config)
+    train = train_config(params, gen, args.params)
+    model_dir = Path(args.models or f"data/models/{gen}")
+    inject_uri = args.inject or f"data/inject/{gen}"
+    runs = []
+    for k in range(train.seeds):
+        scorer = Scorer.load(str(model_dir / seed_file_name("model", ".pt", k)), expected=train.input_spec)
+        scores, threshold, skipped = score_benchmark(
+            scorer, manifest, inject_uri, config, survey.seed, render, engine.core_radius_pix,
+            f"evaluate@{gen}" + (f" seed {k}" if k else ""))
+        summary = summarise(scores, threshold, config)
+        summary.update(generation=gen, benchmark_sha256=manifest["sha256"], skipped_rows=skipped,
+                       model_source=scorer.checkpoint.get("source", "trained"), seed_index=k)
+        runs.append((scores, threshold, summary))
+    with atomic_dir(args.scores_dir or f"data/eval/{gen}") as tmp:
+        for k, (scores_k, _, summary_k) in enumerate(runs):
+            (tmp / seed_file_name("scores", ".parquet", k)).write_bytes(parquet_bytes(scores_k))
+            if k:
+                write_json(tmp / seed_file_name("evaluate", ".json", k), summary_k)
+    scores, threshold, summary = runs[0]
+    if train.seeds > 1:
+        summary["seed_spread"] = seed_spread([r[2] for r in runs])
     gates = model_gates(scores, threshold, config)
-    summary.update(generation=gen, benchmark_sha256=manifest["sha256"], skipped_rows=skipped,
-                   model_source=scorer.checkpoint.get("source", "trained"))
     write_json(metrics_dir / "evaluate.json", summary)
     write_json(metrics_dir / "model_gates.json", {"generation": gen, "benchmark_sha256": manifest["sha256"],
                                                  "gates": gates, "all_passed": all(g["passed"] for g in gates)})

@@ -6,7 +6,8 @@ Single process by default; several GPUs: ``torchrun --nproc_per_node=N -m stages
 Reads data/inject/<generation> (train and val splits) minus the rows in
 data/gates/<generation>/quarantine.parquet, and hard negatives (train split);
 writes data/models/<generation>/model.pt (state_dict + architecture +
-normalisation + metadata transform + data hashes), DVCLive logs in
+normalisation + metadata transform + data hashes; with ``train.seeds`` > 1 also
+model_seed<k>.pt, one per extra training seed), DVCLive logs of seed 0 in
 dvclive/<generation>/ and metrics/<generation>/train.json.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -21,12 +23,12 @@ import torch
 
 from darkhalo.dataset import content_hash
 from darkhalo.models import import_gen5_checkpoint
-from darkhalo.outputs import atomic_write_bytes, write_json
+from darkhalo.outputs import atomic_dir, write_json
 from darkhalo.params import load_params
 from darkhalo.stats import rate_with_interval
 from darkhalo.survey import survey_config
 from darkhalo.training import (MetadataTransform, checkpoint_dict, distributed_context, load_stamps,
-                               mix_hard_negatives, take, train_config, train_model)
+                               mix_hard_negatives, seed_file_name, take, train_config, train_model)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,7 +49,7 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("--inject", default=None, help="default data/inject/<generation>")
     parser.add_argument("--quarantine", default=None, help="default data/gates/<generation>/quarantine.parquet")
     parser.add_argument("--hard-negatives", default="data/hard_negatives")
-    parser.add_argument("--out", default=None, help="default data/models/<generation>/model.pt")
+    parser.add_argument("--out", default=None, help="model directory, default data/models/<generation>")
     parser.add_argument("--live", default=None, help="default dvclive/<generation>")
     parser.add_argument("--metrics", default=None, help="default metrics/<generation>/train.json")
     args = parser.parse_args(argv)
@@ -57,7 +59,7 @@ def run(argv: list[str] | None = None) -> None:
     config = train_config(params, gen, args.params)
     inject_dir = args.inject or f"data/inject/{gen}"
     quarantine = args.quarantine or f"data/gates/{gen}/quarantine.parquet"
-    out = args.out or f"data/models/{gen}/model.pt"
+    out = Path(args.out or f"data/models/{gen}")
     live_dir = args.live or f"dvclive/{gen}"
     metrics_path = args.metrics or f"metrics/{gen}/train.json"
     hashes = {"inject": content_hash(inject_dir), "quarantine": content_hash(quarantine)}
@@ -66,8 +68,8 @@ def run(argv: list[str] | None = None) -> None:
         model, info = import_gen5_checkpoint(config.import_checkpoint)
         hashes["imported_checkpoint"] = content_hash(config.import_checkpoint)
         meta_tf = MetadataTransform(config.metadata_transform, [0.0, 0.0], [1.0, 1.0])
-        ckpt = checkpoint_dict(model, config, meta_tf, config.input_spec, gen, info["epoch"], hashes,
-                               source=f"imported:{config.import_checkpoint}")
+        checkpoints = [checkpoint_dict(model, config, meta_tf, config.input_spec, gen, info["epoch"], hashes,
+                                       source=f"imported:{config.import_checkpoint}")]
         metrics = {"source": "imported", "epoch": info["epoch"]}
         history = []
     else:
@@ -88,24 +90,31 @@ def run(argv: list[str] | None = None) -> None:
                                                                              replace=False))
             train = take(train, keep)
         if distributed_context()[1] != 0:  # other ranks train, rank 0 logs and writes
-            train_model(config, train, val, seed, gen)
+            for k in range(config.seeds):
+                train_model(config, train, val, seed, gen, seed_index=k)
             return
         from dvclive import Live
 
         with Live(dir=live_dir, save_dvc_exp=False, dvcyaml=None, report=None) as live:
-            def log(epoch, entry):
+            def log(epoch, entry):   # DVCLive follows seed 0, the generation's default run
                 for key, value in entry.items():
                     if key not in ("epoch", "is_best"):
                         live.log_metric(key, value)
                 live.next_step()
 
-            model, meta_tf, history = train_model(config, train, val, seed, gen, log)
-        best = [h for h in history if h["is_best"]][-1] if config.early_stopping_patience else history[-1]
-        ckpt = checkpoint_dict(model, config, meta_tf, spec, gen, best["epoch"] + 1, hashes)
+            runs = [train_model(config, train, val, seed, gen, log if k == 0 else None, seed_index=k)
+                    for k in range(config.seeds)]
+        checkpoints, per_seed = [], []
+        for k, (model, meta_tf, history) in enumerate(runs):
+            best = [h for h in history if h["is_best"]][-1] if config.early_stopping_patience else history[-1]
+            checkpoints.append(checkpoint_dict(model, config, meta_tf, spec, gen, best["epoch"] + 1, hashes))
+            per_seed.append({"seed_index": k, "epochs_run": len(history), "best_epoch": best["epoch"] + 1,
+                             "best_val_auc": best["val_auc"]})
+        history = runs[0][2]
         last = history[-1] if history else {}
-        metrics = {"source": "trained", "epochs": config.epochs, "epochs_run": len(history),
-                   "best_epoch": best["epoch"] + 1, "best_val_auc": best["val_auc"],
-                   "early_stopping_patience": config.early_stopping_patience,
+        metrics = {"source": "trained", "epochs": config.epochs, "epochs_run": per_seed[0]["epochs_run"],
+                   "best_epoch": per_seed[0]["best_epoch"], "best_val_auc": per_seed[0]["best_val_auc"],
+                   "early_stopping_patience": config.early_stopping_patience, "seeds": config.seeds,
                    "preprocessing": spec.to_dict(), "architecture": config.architecture,
                    "train_rows": {"positives": int(train.labels.sum()), "negatives": int((train.labels == 0).sum()),
                                   "hard_negatives": n_hard},
@@ -113,9 +122,16 @@ def run(argv: list[str] | None = None) -> None:
                    "final": {k: v for k, v in last.items() if k not in ("epoch", "is_best")},
                    "hard_negative_share_of_negatives": rate_with_interval(
                        n_hard, max(int((train.labels == 0).sum()), 1))}
-    buffer = io.BytesIO()
-    torch.save(ckpt, buffer)
-    atomic_write_bytes(out, buffer.getvalue())
+        if config.seeds > 1:
+            aucs = np.array([r["best_val_auc"] for r in per_seed])
+            metrics["per_seed"] = per_seed
+            metrics["best_val_auc_seed_spread"] = {"mean": float(aucs.mean()), "sd": float(aucs.std(ddof=1)),
+                                                   "n": config.seeds}
+    with atomic_dir(out) as tmp:
+        for k, ckpt in enumerate(checkpoints):
+            buffer = io.BytesIO()
+            torch.save(ckpt, buffer)
+            (tmp / seed_file_name("model", ".pt", k)).write_bytes(buffer.getvalue())
     metrics["data_hashes"] = hashes
     write_json(metrics_path, metrics)
     if history:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import copy_project, tiny_params
 
 
@@ -64,3 +65,26 @@ def test_dvc_repro_runs_then_is_cached_and_clean(tmp_path):
     status = run(dvc + ["status"], root)
     changed = {line.strip().rstrip(":") for line in status.splitlines() if line and not line[0].isspace()}
     assert changed == {"report"}, status
+    report_py.write_text(report_py.read_text().removesuffix("\n# a reviewer's edit\n"))
+
+    # train.seeds = 2: each generation trains and scores a second seed; compare's intervals take in the spread
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "repro"], root)
+    exp = run(dvc + ["exp", "run", "-S", "train.seeds=2"], root)
+    assert "Running stage 'data_gates@gen5p'" not in exp and "Running stage 'train@gen5p'" in exp
+    import torch
+
+    first, second = (torch.load(root / "data/models/gen5p" / name, weights_only=True)["state_dict"]
+                     for name in ("model.pt", "model_seed1.pt"))
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    assert (root / "data/eval/gen5p/scores_seed1.parquet").exists()
+    assert json.loads((root / "metrics/gen5p/train.json").read_text())["best_val_auc_seed_spread"]["n"] == 2
+    spread = json.loads((root / "metrics/gen5p/evaluate.json").read_text())["seed_spread"]
+    assert spread["auc"]["n"] == 2 and len(spread["auc"]["per_seed"]) == 2
+    compare = json.loads((root / "metrics/compare.json").read_text())
+    assert compare["n_seeds"] == 2
+    combined = [m for m in compare["metrics"].values() if "seed_diffs" in m]
+    assert combined
+    for m in combined:
+        assert len(m["seed_diffs"]) == 2 and m["diff"] == pytest.approx(sum(m["seed_diffs"]) / 2, abs=1e-5)
+        assert m["hi"] - m["lo"] >= m["bootstrap_hi"] - m["bootstrap_lo"] - 1e-5   # metrics rounded to 6 digits
