@@ -122,9 +122,7 @@ def injection_spec(name: str, spec: dict, default_priors: dict, key: str, path: 
     target = spec.get("arc_snr_target")
     target_prior = None
     if target is not None:
-        target_prior = parse_prior("arc_snr_target", target, where)
-        if target_prior.kind not in ("uniform", "log_uniform"):
-            raise ParamError(f"{where}.arc_snr_target: must be uniform or log_uniform")
+        target_prior = parse_prior("arc_snr_target", target, where, ("uniform", "log_uniform"))
     ints = {}
     for k, default, minimum in (("n_clumps", 0, 0), ("n_candidates", 1, 1), ("replicates", 1, 1)):
         value = spec.get(k, default)

@@ -155,6 +155,8 @@ Rule = tuple[Callable[[Any], bool], str]
 POSITIVE: Rule = (lambda v: v > 0, "must be > 0")
 NON_NEGATIVE: Rule = (lambda v: v >= 0, "must be >= 0")
 FRACTION: Rule = (lambda v: 0 <= v <= 1, "must be within [0, 1]")
+INCREASING: Rule = (lambda v: len(v) >= 2 and all(a < b for a, b in zip(v, v[1:])),
+                    "must be at least 2 strictly increasing values")
 
 
 def build(cls, values: dict, where: str, path: str | Path, rules: dict[str, Rule] | None = None, **extra):

@@ -1,4 +1,4 @@
-"""params.yaml is refused at load when a key is repeated or unknown, naming file, key and the known keys."""
+"""params.yaml is refused at load when a key is repeated or unknown, and when a value leaves its physical range."""
 from __future__ import annotations
 
 import dataclasses
@@ -153,3 +153,46 @@ def test_builder_refuses_a_key_supplied_from_elsewhere():
     params["split"]["seed"] = 5   # the global seed is used; a section seed would be silently ignored
     with pytest.raises(ParamError, match=r"params\.yaml: split: unknown key 'seed' \(known: guard_rings, "):
         split_config(params, "params.yaml")
+
+
+# --- physical ranges ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,spec,message", [
+    ("theta_e_arcsec", {"grid": [0.0, 0.5]}, r"draws span \[0, 0\.5\]; theta_e_arcsec must be > 0"),
+    ("theta_e_arcsec", {"normal": [1.0, 0.3]}, r"draws span \[-inf, inf\]; theta_e_arcsec must be > 0"),
+    ("src_q", {"uniform": [0.4, 1.2]}, r"draws span \[0\.4, 1\.2\]; src_q must be within \(0, 1\]"),
+    ("src_reff_arcsec", {"value": -0.1}, r"src_reff_arcsec must be > 0"),
+    ("src_n_sersic", {"uniform": [0.0, 2.0]}, r"src_n_sersic must be > 0"),
+    ("shear", {"normal": [0.0, 0.05], "clip": [-0.1, 0.1]}, r"draws span \[-0\.1, 0\.1\]; shear must be >= 0"),
+    ("src_offset_theta_e", {"uniform": [-0.2, 0.8]}, r"src_offset_theta_e must be >= 0"),
+    ("src_clump_flux_frac", {"uniform": [0.0, 1.5]}, r"src_clump_flux_frac must be within \[0, 1\]"),
+    ("clump_sigma_arcsec", {"grid": [0.0]}, r"clump_sigma_arcsec must be > 0"),
+])
+def test_prior_outside_its_physical_range(name, spec, message):
+    params = repo_params()
+    params["generations"]["gen5p"]["priors"][name] = spec
+    with pytest.raises(ParamError, match=rf"^params\.yaml: generations\.gen5p\.priors.*\.{name} = .*{message}$"):
+        generation_spec(params, "gen5p", "params.yaml")
+
+
+def test_clipped_normal_inside_the_range_is_accepted():
+    params = repo_params()
+    params["generations"]["gen5p"]["priors"]["theta_e_arcsec"] = {"normal": [1.0, 0.3], "clip": [0.3, 3.0]}
+    assert generation_spec(params, "gen5p", "params.yaml").priors.priors["theta_e_arcsec"].extremes == (0.3, 3.0)
+
+
+def test_arc_snr_target_must_be_positive():
+    params = repo_params()
+    params["benchmark"]["injection"]["arc_snr_target"] = {"uniform": [0, 100]}
+    with pytest.raises(ParamError, match=r"^params\.yaml: benchmark\.injection\.arc_snr_target = .*"
+                                         r"draws span \[0, 100\]; arc_snr_target must be > 0$"):
+        benchmark_spec(params, "params.yaml")
+
+
+@pytest.mark.parametrize("key", ["theta_e_edges", "arc_snr_edges", "src_mag_edges"])
+def test_descending_bin_edges_are_refused(key):
+    params = repo_params()
+    params["evaluate"][key] = params["evaluate"][key][::-1]
+    with pytest.raises(ParamError, match=rf"^params\.yaml: evaluate\.{key} = .*: must be at least 2 strictly "
+                                         r"increasing values$"):
+        evaluate_config(params, "params.yaml")
