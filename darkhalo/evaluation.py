@@ -30,7 +30,7 @@ from .inference import Scorer
 from .injection import render_columns
 from .lensing import RenderSettings
 from .normalize import arc_snr_survival, core_mask, outer_mask, radius_map_pix
-from .params import FRACTION, NON_NEGATIVE, POSITIVE, build, section
+from .params import FRACTION, INCREASING, NON_NEGATIVE, POSITIVE, build, section
 from .rng import keyed_rng, parent_sample_mask
 from .stats import rate_with_interval
 from .units import PIXEL_SCALE_ARCSEC
@@ -59,7 +59,8 @@ class EvaluateConfig:
 EVALUATE_RULES = {"operating_fpr": FRACTION, "prevalence": FRACTION, "calibration_bins": POSITIVE,
                   "gate13_max_fraction_above": FRACTION, "gate17_max_retained_fraction": FRACTION,
                   "batch_size": POSITIVE, "diagnostic_max_rows": POSITIVE,
-                  "min_benchmark_negatives": NON_NEGATIVE}
+                  "min_benchmark_negatives": NON_NEGATIVE,
+                  "theta_e_edges": INCREASING, "arc_snr_edges": INCREASING, "src_mag_edges": INCREASING}
 
 
 def evaluate_config(params: dict, path: str) -> EvaluateConfig:

@@ -24,16 +24,13 @@ import torch
 from .lensing import CLUMP_KEYS, LENS_KEYS, SOURCE_KEYS, RenderSettings, render_arcs
 from .parallel import ENGINE_RULE
 from .normalize import core_mask
-from .params import FRACTION, POSITIVE, ParamError, build, section
+from .params import FRACTION, POSITIVE, PRIOR_NAMES, ParamError, build, section
 from .priors import Prior, PriorSet, parse_prior
 from .rng import stream_id
 from .source_bank import SourceBank
 from .stamps import StampBatch, native_columns
 from .units import BANDS, PIXEL_SCALE_ARCSEC, flux_nmgy_from_mag, pixel_area_arcsec2
 
-PRIOR_NAMES = ("theta_e_arcsec", "src_dmag", "src_reff_arcsec", "src_n_sersic", "src_q", "src_offset_theta_e",
-               "src_gr", "src_rz", "shear", "lens_dq", "lens_dphi_rad", "src_clump_flux_frac",
-               "clump_sigma_arcsec")
 CLUMP_BLUE_DGR, CLUMP_BLUE_DRZ = -0.3, -0.2  # star-forming clumps are bluer than the disc (mag)
 
 
@@ -125,9 +122,7 @@ def injection_spec(name: str, spec: dict, default_priors: dict, key: str, path: 
     target = spec.get("arc_snr_target")
     target_prior = None
     if target is not None:
-        target_prior = parse_prior("arc_snr_target", target, where)
-        if target_prior.kind not in ("uniform", "log_uniform"):
-            raise ParamError(f"{where}.arc_snr_target: must be uniform or log_uniform")
+        target_prior = parse_prior("arc_snr_target", target, where, ("uniform", "log_uniform"))
     ints = {}
     for k, default, minimum in (("n_clumps", 0, 0), ("n_candidates", 1, 1), ("replicates", 1, 1)):
         value = spec.get(k, default)

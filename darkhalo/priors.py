@@ -17,9 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .params import ParamError
+from .params import FRACTION, NON_NEGATIVE, POSITIVE, ParamError, Rule
 
 KINDS = ("grid", "uniform", "log_uniform", "normal", "value")
+# Physical range of a parameter: every value its prior can draw must satisfy the rule.
+BOUNDS: dict[str, Rule] = {
+    "theta_e_arcsec": POSITIVE, "src_reff_arcsec": POSITIVE, "src_n_sersic": POSITIVE,
+    "src_q": (lambda v: 0 < v <= 1, "must be within (0, 1]"), "shear": NON_NEGATIVE,
+    "src_offset_theta_e": NON_NEGATIVE, "src_clump_flux_frac": FRACTION, "clump_sigma_arcsec": POSITIVE,
+    "arc_snr_target": POSITIVE,
+}
 
 
 @dataclass(frozen=True)
@@ -66,9 +73,19 @@ class Prior:
             return np.clip(np.log(np.maximum(x, 1e-300) / lo) / math.log(hi / lo), 0, 1)
         raise ValueError(f"prior {self.name}: cdf() needs a uniform or log_uniform prior")
 
+    @property
+    def extremes(self) -> tuple[float, float]:
+        """Smallest and largest value a draw can take (grid values are not clipped)."""
+        if self.kind in ("grid", "value"):
+            return min(self.args), max(self.args)
+        lo, hi = (-math.inf, math.inf) if self.kind == "normal" else self.args
+        if self.clip is not None:
+            lo, hi = (min(max(v, self.clip[0]), self.clip[1]) for v in (lo, hi))
+        return lo, hi
 
-def parse_prior(name: str, spec, where: str) -> Prior:
-    """Prior from its params spec; ``where`` (file: key) is named in errors."""
+
+def parse_prior(name: str, spec, where: str, allowed: tuple[str, ...] = KINDS) -> Prior:
+    """Prior from its params spec, of a kind in ``allowed``; ``where`` (file: key) is named in errors."""
     if not isinstance(spec, dict):
         raise ParamError(f"{where}.{name} = {spec!r}: must be a mapping like {{uniform: [lo, hi]}}")
     kinds = [k for k in spec if k in KINDS]
@@ -76,6 +93,8 @@ def parse_prior(name: str, spec, where: str) -> Prior:
     if len(kinds) != 1 or extra:
         raise ParamError(f"{where}.{name} = {spec!r}: needs exactly one of {', '.join(KINDS)} (and optional clip)")
     kind = kinds[0]
+    if kind not in allowed:
+        raise ParamError(f"{where}.{name}: must be {' or '.join(allowed)}")
     args = spec[kind]
     args = tuple(args) if isinstance(args, (list, tuple)) else (args,)
     if not args or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
@@ -97,7 +116,13 @@ def parse_prior(name: str, spec, where: str) -> Prior:
         if not (isinstance(clip, (list, tuple)) and len(clip) == 2 and clip[0] <= clip[1]):
             raise ParamError(f"{where}.{name}.clip = {clip!r}: must be [lo, hi] with lo <= hi")
         clip = (float(clip[0]), float(clip[1]))
-    return Prior(name, kind, args, clip)
+    prior = Prior(name, kind, args, clip)
+    if name in BOUNDS:
+        check, message = BOUNDS[name]
+        lo, hi = prior.extremes
+        if not (check(lo) and check(hi)):
+            raise ParamError(f"{where}.{name} = {spec!r}: draws span [{lo:g}, {hi:g}]; {name} {message}")
+    return prior
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,8 @@ def test_same_params_give_byte_identical_injections(tmp_path, tiny_survey, assig
     (lambda p: p["generations"]["gen5p"]["priors"].update(theta_e_arcsec={"uniform": [2.0, 1.0]}),
      r"generations\.gen5p\.priors.*theta_e_arcsec\.uniform.*lo < hi"),
     (lambda p: p["inject"]["default_priors"].pop("shear"), r"missing prior\(s\) shear"),
-    (lambda p: p["generations"]["gen5p"]["priors"].update(theta_e={"grid": [1.0]}), r"unknown prior\(s\) theta_e"),
+    (lambda p: p["generations"]["gen5p"]["priors"].update(theta_e={"grid": [1.0]}),
+     r"generations\.gen5p\.priors: unknown key 'theta_e' \(did you mean 'theta_e_arcsec'\?\)"),
     (lambda p: p["generations"]["gen5p"].update(arc_snr_target={"normal": [10, 2]}), r"arc_snr_target: must be uniform"),
     (lambda p: p["inject"].update(device="tpu"), r"inject\.device = 'tpu': must be cpu, cuda or auto"),
 ])

@@ -42,7 +42,7 @@ def test_survey_metrics_report_defects_and_sky_coverage(tiny_survey):
     ("stamp_size", 8, r"survey\.stamp_size = 8: must be >= 16"),
     ("nan_stamp_frac", 1.5, r"survey\.nan_stamp_frac = 1\.5: must be within \[0, 1\]"),
     ("n_parents", "many", r"survey\.n_parents = 'many': must be of type int"),
-    ("n_parnets", 5, r"unknown key\(s\) survey\.n_parnets"),
+    ("n_parnets", 5, r"survey: unknown key 'n_parnets' \(did you mean 'n_parents'\?\)"),
 ])
 def test_bad_params_fail_naming_file_and_key(tmp_path, key, value, message):
     params = tiny_params()
