@@ -39,7 +39,7 @@ TRAIN = _keys("architecture", "metadata_columns", "metadata_transform", "epochs"
               "weight_decay", "lr_schedule", "hard_negative_frac", "augment_flips", "augment_rot90",
               "centre_mask_prob", "centre_mask_radius_pix", "centre_mask_radius_theta_e", "threads", "device",
               "import_checkpoint", "max_train_rows", "preprocessing", "input_crop_pix", "early_stopping_patience",
-              "early_stopping_min_delta")
+              "early_stopping_min_delta", "seeds")
 CUTOUT = _keys("base_url", "layer", "bands", "pixscale_arcsec", "size_pix", "invvar", "timeout_s", "retries",
                "backoff_s", "workers")
 SCHEMA = _keys(
