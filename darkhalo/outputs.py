@@ -1,6 +1,8 @@
 """Writing stage outputs atomically: temp path first, rename on success.
 
-A temp left by a killed writer is swept by the next write of the same output.
+An interrupted stage leaves nothing behind: ``run_stage`` turns SIGTERM into the
+KeyboardInterrupt that SIGINT raises, so the cleanup below runs; a temp left by
+SIGKILL is swept by the next write of the same output.
 """
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import math
 import os
 import re
 import shutil
+import signal
+import sys
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 _LIVE_TEMPS: set[str] = set()   # names of the temps this process is writing (threads may share an output)
 
@@ -78,6 +82,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     finally:
         tmp.unlink(missing_ok=True)
         _LIVE_TEMPS.discard(tmp.name)
+
+
+def _raise_interrupt(signum: int, frame) -> None:
+    """Signal handler: raise KeyboardInterrupt naming the signal."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def run_stage(main: Callable[[], int | None]) -> None:
+    """Run a stage's ``main`` as the process entry point (``python -m stages.<name>``).
+
+    SIGTERM raises KeyboardInterrupt as SIGINT does, so temps are removed and
+    worker pools terminated on the way out; an interrupted stage then prints
+    one line instead of a traceback and exits with 128 + the signal number.
+    """
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        code = main()
+    except KeyboardInterrupt as exc:
+        sig = signal.SIGTERM if str(exc) == signal.SIGTERM.name else signal.SIGINT
+        print(f"{Path(sys.argv[0]).stem}: interrupted by {sig.name}; partial outputs removed", file=sys.stderr)
+        sys.exit(128 + sig)
+    sys.exit(code)
 
 
 def _rounded(value, digits: int):

@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from darkhalo.compare import compare, compare_config, generation, headline_summary, plot_tables
-from darkhalo.outputs import atomic_write_bytes, write_json
+from darkhalo.outputs import atomic_write_bytes, run_stage, write_json
 from darkhalo.params import load_params
 
 
@@ -58,4 +58,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)
