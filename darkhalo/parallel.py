@@ -10,11 +10,20 @@ Either way a shard function writes its own output files (deterministic bytes,
 so a retried or speculative task rewrites the same file) and returns a small
 result; results come back in shard order.  Shard outputs live under a local
 directory (replaced atomically on success) or an ``s3://`` / ``s3a://`` prefix.
+
+Local pool workers never outlive the stage: an interrupt of the parent
+(SIGINT, or SIGTERM through ``outputs.run_stage``) terminates the pool, a
+SIGTERM to the process group ends them directly, and a worker whose parent
+died (SIGKILL) exits within ``PARENT_POLL_S`` instead of finishing its shard.
 """
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -24,6 +33,22 @@ from .dataset import S3_SCHEMES
 
 ENGINES = ("local", "spark")
 ENGINE_RULE = (lambda v: v in ENGINES, f"must be one of {', '.join(ENGINES)}")
+PARENT_POLL_S = 0.5
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Exit this process as soon as ``parent`` is no longer its parent (it died)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
+def _init_worker(parent: int) -> None:
+    """Pool worker set-up: SIGINT is left to the parent (it terminates the pool), SIGTERM
+    ends the worker, and the worker exits when ``parent`` dies."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
 def map_shards(fn: Callable[..., Any], shard_args: Iterable[tuple], workers: int, desc: str,
@@ -47,7 +72,9 @@ def map_shards(fn: Callable[..., Any], shard_args: Iterable[tuple], workers: int
                 results.append(fn(*args))
                 bar.update()
             return results
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(shard_args))) as pool:
+        # leaving the block (on an interrupt too) terminates the workers
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(shard_args)), _init_worker,
+                                                       (os.getpid(),)) as pool:
             pending = [pool.apply_async(fn, args) for args in shard_args]
             results = []
             for job in pending:

@@ -39,7 +39,7 @@ from darkhalo.anchors import (AnchorsConfig, anchors_config, apply_check_policy,
 from darkhalo.dataset import write_parquet
 from darkhalo.gallery import gallery_png
 from darkhalo.hard_negatives import read_split_map
-from darkhalo.outputs import atomic_dir, atomic_write_bytes, write_json
+from darkhalo.outputs import atomic_dir, atomic_write_bytes, run_stage, write_json
 from darkhalo.params import load_params
 from darkhalo.stamps import stamps_from_native
 from darkhalo.survey import SurveyConfig, survey_config
@@ -160,4 +160,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

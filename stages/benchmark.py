@@ -14,7 +14,7 @@ import hashlib
 from pathlib import Path
 
 from darkhalo.dataset import content_hash, open_dataset
-from darkhalo.outputs import write_json
+from darkhalo.outputs import run_stage, write_json
 
 
 def describe_part(path: str) -> dict:
@@ -48,4 +48,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

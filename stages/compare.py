@@ -17,7 +17,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from darkhalo.compare import combine_seeds, compare, compare_config, generation, headline_summary, plot_tables
-from darkhalo.outputs import atomic_write_bytes, write_json
+from darkhalo.outputs import atomic_write_bytes, run_stage, write_json
 from darkhalo.params import load_params
 from darkhalo.training import seed_file_name, train_config
 
@@ -66,4 +66,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

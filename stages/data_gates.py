@@ -34,6 +34,7 @@ from darkhalo.gates.audit import SplitSpec, read_assignment, run_audit
 from darkhalo.gates.config import GATE_FAMILIES, gates_config, generation_blocking
 from darkhalo.gates.report import failure_line
 from darkhalo.gates.suites import DEFAULT_DIR
+from darkhalo.outputs import run_stage
 from darkhalo.params import ParamError, load_params, section
 from darkhalo.normalize import Normalization
 from darkhalo.split import GENERATION_SPLITS, SPLITS, declared_over, split_config
@@ -150,4 +151,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_stage(main)

@@ -29,7 +29,7 @@ from darkhalo.evaluation import (evaluate_config, model_gates, roc_points, score
 from darkhalo.inference import Scorer
 from darkhalo.injection import engine_settings
 from darkhalo.lensing import RenderSettings
-from darkhalo.outputs import atomic_dir, atomic_write_bytes, write_json
+from darkhalo.outputs import atomic_dir, atomic_write_bytes, run_stage, write_json
 from darkhalo.params import load_params
 from darkhalo.survey import survey_config
 from darkhalo.training import seed_file_name, train_config
@@ -167,4 +167,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -27,7 +27,7 @@ from darkhalo.hard_negatives import (HARD_NEGATIVE_PARENT_ID_BASE, HN_EXTRA_FIEL
                                      attach_split, check_namespace, hard_negatives_config, merge_counts,
                                      read_split_map, simulate_hard_negatives, summarise, table_from_cutouts,
                                      write_split_partitions)
-from darkhalo.outputs import atomic_dir, atomic_write_bytes, write_json
+from darkhalo.outputs import atomic_dir, atomic_write_bytes, run_stage, write_json
 from darkhalo.parallel import map_shards
 from darkhalo.params import load_params
 from darkhalo.survey import CATALOGUE_FIELDS, SurveyConfig, sky_patches, survey_config
@@ -170,4 +170,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

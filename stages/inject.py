@@ -23,7 +23,7 @@ from darkhalo.dataset import Chunk, read_table, stamps_of, write_parquet
 from darkhalo.injection import (InjectConfig, benchmark_spec, candidate_snrs, engine_settings, fit_acceptance,
                                 generation_spec,
                                 inject_parents, summarise_injection)
-from darkhalo.outputs import write_json
+from darkhalo.outputs import run_stage, write_json
 from darkhalo.parallel import join_uri, make_dirs, map_shards, part_files, shard_output
 from darkhalo.params import load_params
 from darkhalo.stamps import PIXEL_COLUMNS
@@ -119,4 +119,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from darkhalo.compare import compare_config
-from darkhalo.outputs import atomic_dir, atomic_write_bytes
+from darkhalo.outputs import atomic_dir, atomic_write_bytes, run_stage
 from darkhalo.params import load_params, section
 from darkhalo.report import FIGURES, Inputs, Report, Sources, arc_snr_samples, make_figures, report_config
 
@@ -49,4 +49,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

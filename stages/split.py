@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from darkhalo.dataset import read_table
-from darkhalo.outputs import atomic_write_bytes, write_json
+from darkhalo.outputs import atomic_write_bytes, run_stage, write_json
 from darkhalo.params import load_params
 from darkhalo.split import assignment_table, split_config, summarise_split
 
@@ -50,4 +50,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

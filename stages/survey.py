@@ -12,7 +12,7 @@ import argparse
 import numpy as np
 
 from darkhalo.dataset import read_table, write_parquet
-from darkhalo.outputs import write_json
+from darkhalo.outputs import run_stage, write_json
 from darkhalo.parallel import join_uri, map_shards, shard_output
 from darkhalo.params import load_params
 from darkhalo.survey import CATALOGUE_FIELDS, SurveyConfig, simulate_parents, sky_patches, summarise_survey, survey_config
@@ -44,4 +44,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -16,7 +16,7 @@ import pyarrow.dataset as ds
 
 from darkhalo.dataset import Chunk, iter_chunks, stamps_of
 from darkhalo.gallery import gallery_png
-from darkhalo.outputs import atomic_write_bytes
+from darkhalo.outputs import atomic_write_bytes, run_stage
 from darkhalo.params import POSITIVE, build, load_params, section
 
 LABEL_COLUMNS = ["parent_id", "lrg_type", "lrg_mag_r", "sim_defect", "bad_pixel_frac", "cutout_ok", "stamp_size"]
@@ -61,4 +61,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

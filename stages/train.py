@@ -23,7 +23,7 @@ import torch
 
 from darkhalo.dataset import content_hash
 from darkhalo.models import import_gen5_checkpoint
-from darkhalo.outputs import atomic_dir, write_json
+from darkhalo.outputs import atomic_dir, run_stage, write_json
 from darkhalo.params import load_params
 from darkhalo.stats import rate_with_interval
 from darkhalo.survey import survey_config
@@ -140,4 +140,4 @@ def run(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)
