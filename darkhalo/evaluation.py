@@ -32,6 +32,7 @@ from .lensing import RenderSettings
 from .normalize import arc_snr_survival, core_mask, outer_mask, radius_map_pix
 from .params import FRACTION, INCREASING, NON_NEGATIVE, POSITIVE, build, section
 from .rng import keyed_rng, parent_sample_mask
+from .selection import SelectionGrid, observing_columns
 from .stats import rate_with_interval
 from .units import PIXEL_SCALE_ARCSEC
 
@@ -54,18 +55,30 @@ class EvaluateConfig:
     batch_size: int = 256
     diagnostic_max_rows: int = 1200            # centre-masked diagnostic: about this many benchmark rows (whole pairs)
     min_benchmark_negatives: int = 5000        # FPR 1e-3 needs >= 5 expected false positives
+    selection_theta_e_edges: tuple = (0.3, 0.8, 1.3, 2.0, 3.0)     # selection-function grid (darkhalo/selection.py)
+    selection_psf_fwhm_r_edges: tuple = (0.8, 1.13, 1.29, 2.2)      # arcsec: DR10-like terciles
+    selection_depth_r_mag_edges: tuple = (23.3, 24.18, 24.62, 26.0)  # AB mag, r 5-sigma point source: terciles
+    selection_min_count: int = 20              # a cell with fewer injections is flagged "too few"
+
+    @property
+    def selection_grid(self) -> SelectionGrid:
+        return SelectionGrid(self.selection_theta_e_edges, self.selection_psf_fwhm_r_edges,
+                             self.selection_depth_r_mag_edges, self.selection_min_count, self.calibration_bins)
 
 
 EVALUATE_RULES = {"operating_fpr": FRACTION, "prevalence": FRACTION, "calibration_bins": POSITIVE,
                   "gate13_max_fraction_above": FRACTION, "gate17_max_retained_fraction": FRACTION,
                   "batch_size": POSITIVE, "diagnostic_max_rows": POSITIVE,
                   "min_benchmark_negatives": NON_NEGATIVE,
-                  "theta_e_edges": INCREASING, "arc_snr_edges": INCREASING, "src_mag_edges": INCREASING}
+                  "theta_e_edges": INCREASING, "arc_snr_edges": INCREASING, "src_mag_edges": INCREASING,
+                  "selection_theta_e_edges": INCREASING, "selection_psf_fwhm_r_edges": INCREASING,
+                  "selection_depth_r_mag_edges": INCREASING, "selection_min_count": POSITIVE}
 
 
 def evaluate_config(params: dict, path: str) -> EvaluateConfig:
     values = dict(section(params, "evaluate", path))
-    for key in ("theta_e_edges", "arc_snr_edges", "src_mag_edges", "mask_radii_theta_e", "mask_radii_pix"):
+    for key in ("theta_e_edges", "arc_snr_edges", "src_mag_edges", "mask_radii_theta_e", "mask_radii_pix",
+                "selection_theta_e_edges", "selection_psf_fwhm_r_edges", "selection_depth_r_mag_edges"):
         if key in values:
             values[key] = tuple(float(v) for v in values[key])
     return build(EvaluateConfig, values, "evaluate", path, EVALUATE_RULES)
@@ -128,6 +141,7 @@ def score_injections(scorer: Scorer, uri: str, config: EvaluateConfig, seed: int
         cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in INJECTION_COLUMNS}
         positive = cols["is_control"] == 0
         row = {c: cols[c] for c in INJECTION_COLUMNS}
+        row.update(observing_columns(table))
         row["part"] = np.full(len(images), "injection")
         row["label"] = positive.astype(np.int8)
         row["score"] = scorer.score(images, meta, config.batch_size)
@@ -201,7 +215,7 @@ def score_negatives(scorer: Scorer, uri: str, part: str, group_column: str, conf
         out.append(pa.table({"part": np.full(len(scores), part), "label": np.full(len(scores), label, np.int8),
                              "parent_id": table.column("parent_id").to_numpy(),
                              "group": table.column(group_column).to_numpy(zero_copy_only=False).astype(str),
-                             "score": scores}))
+                             "score": scores, **observing_columns(table)}))
     return pa.concat_tables(out) if out else pa.table({})
 
 

@@ -213,6 +213,41 @@ def completeness_figure(summaries: dict[str, dict], keys: list[tuple[str, str, b
     return _png(fig)
 
 
+SELECTION_PANELS = (("selection_theta_e_psf", "psf_fwhm_r", "r PSF FWHM (arcsec)"),
+                    ("selection_theta_e_depth", "depth_r", "r 5σ depth (mag)"))
+
+
+def selection_figure(grids: dict[str, dict[str, pa.Table]]) -> bytes:
+    """Selection-function heatmaps: completeness on theta_E x PSF and theta_E x depth, one row per generation.
+
+    Each cell shows its completeness and count; cells flagged "too few" are grey.
+    """
+    fig, axes = plt.subplots(len(grids), len(SELECTION_PANELS), figsize=(5.2 * len(SELECTION_PANELS), 3.6 * len(grids)),
+                             squeeze=False, layout="constrained")
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("lightgrey")
+    for row, (gen, tables) in zip(axes, grids.items()):
+        for ax, (name, axis, label) in zip(row, SELECTION_PANELS):
+            t = tables[name].to_pydict()
+            xs, ys = sorted(set(zip(t["theta_e_lo"], t["theta_e_hi"]))), sorted(set(zip(t[f"{axis}_lo"], t[f"{axis}_hi"])))
+            grid = np.full((len(ys), len(xs)), np.nan)
+            for i, (xl, yl, rate, n, status) in enumerate(zip(t["theta_e_lo"], t[f"{axis}_lo"], t["completeness"], t["n"],
+                                                            t["status"])):
+                cx, cy = [x[0] for x in xs].index(xl), [y[0] for y in ys].index(yl)
+                ok = status == "ok"
+                grid[cy, cx] = rate if ok else np.nan
+                ax.text(cx, cy, f"{rate:.2f}\nn={n}" if n else "n=0", ha="center", va="center", fontsize=7,
+                        color="black" if ok else "grey")
+            image = ax.imshow(grid, origin="lower", cmap=cmap, vmin=0, vmax=1, aspect="auto")
+            ax.set_xticks(range(len(xs)), [f"{lo:g}–{hi:g}" for lo, hi in xs], fontsize=7)
+            ax.set_yticks(range(len(ys)), [f"{lo:g}–{hi:g}" for lo, hi in ys], fontsize=7)
+            ax.set_xlabel("theta_E (arcsec)")
+            ax.set_ylabel(label)
+            ax.set_title(f"{gen}: completeness", fontsize=9)
+        fig.colorbar(image, ax=row.tolist(), fraction=0.03, label="completeness")
+    return _png(fig)
+
+
 def difference_figure(compare: dict, families: list[tuple[str, str, bool]]) -> bytes:
     """Candidate − baseline completeness per bin with the paired-bootstrap interval."""
     fig, axes = plt.subplots(1, len(families), figsize=(4.6 * len(families), 3.6), squeeze=False)
@@ -512,6 +547,10 @@ class Report:
     def curves(self, figures: dict) -> list[str]:
         lines = ["## ROC and completeness", ""]
         for name, caption in (("roc.png", "ROC on the frozen benchmark (plots/<generation>/roc.csv)"),
+                              ("selection_function.png", "the selection function: completeness on theta_E x r PSF "
+                                                         "FWHM and theta_E x r depth (grey: too few injections; "
+                                                         "the full theta_E x PSF x depth table with Wilson intervals "
+                                                         "is plots/<generation>/selection_function.csv)"),
                               ("completeness.png", "completeness per bin with 95% Wilson bands "
                                                    "(metrics/<generation>/evaluate.json, completeness_vs_*)"),
                               ("completeness_diff.png", "candidate − baseline completeness per bin with the "
@@ -1104,6 +1143,11 @@ def make_figures(src: Sources, inputs: Inputs, config: ReportConfig, root: Path,
         ("completeness_vs_src_mag_r", "source r mag", False)])
     figures["completeness_diff.png"] = difference_figure(src.load(inputs.compare), [
         ("completeness_theta_e", "theta_E (arcsec)", False), ("completeness_arc_snr", "arc_snr", True)])
+    grids = {g: {name: read_csv(root / f"plots/{g}/{name}.csv") for name, _, _ in SELECTION_PANELS}
+             for g in inputs.generations
+             if all((root / f"plots/{g}/{name}.csv").is_file() for name, _, _ in SELECTION_PANELS)}
+    if grids:
+        figures["selection_function.png"] = selection_figure(grids)
     if arc_snr_samples:
         figures["arc_snr.png"] = arc_snr_figure(arc_snr_samples, src.opt(inputs.m(inputs.candidate, "inject"),
                                                                           "arc_snr_target"))

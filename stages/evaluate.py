@@ -3,7 +3,8 @@
 Writes data/eval/<generation>/scores.parquet (one row per benchmark stamp:
 score and diagnostic scores), metrics/<generation>/evaluate.json (with the
 benchmark hash), metrics/<generation>/model_gates.json, and DVC plot data in
-plots/<generation>/ (roc.csv, completeness_*.csv).  With ``train.seeds`` > 1 every
+plots/<generation>/ (roc.csv, completeness_*.csv, selection_*.csv: the selection function,
+darkhalo/selection.py).  With ``train.seeds`` > 1 every
 extra training seed k is scored the same way (its own operating threshold):
 data/eval/<generation>/scores_seed<k>.parquet and evaluate_seed<k>.json, and
 evaluate.json gains ``seed_spread`` (mean and sd over seeds of the headline metrics).
@@ -31,6 +32,7 @@ from darkhalo.injection import engine_settings
 from darkhalo.lensing import RenderSettings
 from darkhalo.outputs import atomic_dir, atomic_write_bytes, run_stage, write_json
 from darkhalo.params import load_params
+from darkhalo.selection import selection_function
 from darkhalo.survey import survey_config
 from darkhalo.training import seed_file_name, train_config
 
@@ -143,13 +145,16 @@ def main(argv: list[str] | None = None) -> None:
     scores, threshold, summary = runs[0]
     if train.seeds > 1:
         summary["seed_spread"] = seed_spread([r[2] for r in runs])
+    columns = {n: scores.column(n).to_numpy(zero_copy_only=False) for n in scores.column_names}
+    summary["selection_function"], selection_tables = selection_function(columns, threshold, config.selection_grid)
     gates = model_gates(scores, threshold, config)
     write_json(metrics_dir / "evaluate.json", summary)
     write_json(metrics_dir / "model_gates.json", {"generation": gen, "benchmark_sha256": manifest["sha256"],
                                                  "gates": gates, "all_passed": all(g["passed"] for g in gates)})
-    col = {n: scores.column(n).to_numpy(zero_copy_only=False) for n in ("part", "label", "score")}
-    roc_rows = (col["part"] == "injection") | (col["part"] == "hard_negative")
-    write_csv(plots_dir / "roc.csv", roc_points(col["label"][roc_rows], col["score"][roc_rows]))
+    roc_rows = (columns["part"] == "injection") | (columns["part"] == "hard_negative")
+    write_csv(plots_dir / "roc.csv", roc_points(columns["label"][roc_rows], columns["score"][roc_rows]))
+    for name, table in selection_tables.items():
+        write_csv(plots_dir / f"{name}.csv", table)
     for key in ("theta_e", "arc_snr", "src_mag_r"):
         bins = summary[f"completeness_vs_{key}"]["bins"]
         write_csv(plots_dir / f"completeness_{key}.csv", pa.table(

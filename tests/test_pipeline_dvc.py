@@ -55,6 +55,9 @@ def test_dvc_repro_runs_then_is_cached_and_clean(tmp_path):
         evaluation = json.loads((root / "metrics" / gen / "evaluate.json").read_text())
         assert evaluation["benchmark_sha256"] == json.loads((root / "metrics" / "benchmark.json").read_text())["sha256"]
         assert (root / "data" / "models" / gen / "model.pt").exists()
+        assert evaluation["selection_function"]["n_cells"] == 36
+        assert (root / "plots" / gen / "selection_function.csv").stat().st_size > 500
+    assert (root / "reports" / "remediation" / "selection_function.png").stat().st_size > 10_000
     second = run(dvc + ["repro"], root)
     assert "Running stage" not in second
     assert "Data and pipelines are up to date" in run(dvc + ["status"], root)
