@@ -54,16 +54,16 @@ def run_train(project, name, **train_overrides):
     params["train"].update(train_overrides)
     p = write_params(root / f"{name}.yaml", params)
     train.main(["--generation", "gen5", "--params", str(p), "--inject", str(root / "gen5"),
-                "--quarantine", str(root / "quarantine.parquet"), "--out", str(root / name / "model.pt"),
+                "--quarantine", str(root / "quarantine.parquet"), "--out", str(root / name / "models"),
                 "--live", str(root / name / "live"), "--metrics", str(root / name / "train.json")])
-    return p, root / name / "model.pt"
+    return p, root / name / "models" / "model.pt"
 
 
 def run_evaluate(project, params, model, name):
     root, _ = project
-    evaluate.main(["--generation", "gen5", "--params", str(params), "--model", str(model),
+    evaluate.main(["--generation", "gen5", "--params", str(params), "--models", str(model.parent),
                    "--benchmark", str(root / "benchmark.json"), "--inject", str(root / "gen5"),
-                   "--scores", str(root / name / "scores.parquet"), "--metrics-dir", str(root / name),
+                   "--scores-dir", str(root / name / "eval"), "--metrics-dir", str(root / name),
                    "--plots-dir", str(root / name / "plots")])
     return json.loads((root / name / "evaluate.json").read_text())
 
@@ -77,7 +77,7 @@ def test_training_is_deterministic_and_checkpoint_loads_weights_only(project):
     assert sa["data_hashes"] == sb["data_hashes"] and len(sa["data_hashes"]["inject"]) == 64
     for key, tensor in sa["state_dict"].items():
         assert torch.equal(tensor, sb["state_dict"][key]), key
-    live = json.loads((a.parent / "live" / "metrics.json").read_text())
+    live = json.loads((a.parent.parent / "live" / "metrics.json").read_text())
     assert {"train_loss", "val_auc"} <= set(live)
 
 
@@ -105,7 +105,7 @@ def test_evaluate_refuses_a_changed_benchmark(project, tmp_path):
     bad = tmp_path / "benchmark.json"
     bad.write_text(json.dumps(manifest))
     with pytest.raises(RuntimeError, match="benchmark part 'injections'.*rebuild the benchmark"):
-        evaluate.main(["--generation", "gen5", "--params", str(path), "--model", str(root / "nothing.pt"),
+        evaluate.main(["--generation", "gen5", "--params", str(path), "--models", str(root / "nothing"),
                        "--benchmark", str(bad)])
 
 
