@@ -79,7 +79,8 @@ class ArcRenderer:
     kernel (lenstronomy's PixelKernelConvolution, FFT).  ``adaptive_tile_pix``
     switches from uniform supersampling to lenstronomy's AdaptiveGrid on the
     engine's rule: tiles of that width holding a pixel-centre sample above
-    ``refine_rel`` x a component's peak, grown by one tile, are supersampled.
+    ``refine_rel`` x a component's peak, grown by one tile, are supersampled;
+    the other pixels keep their pixel-centre sample.
     """
 
     def __init__(self, stamp_size: int = 64, supersample: int = 4, n_clumps: int = 0,
@@ -120,8 +121,10 @@ class ArcRenderer:
             return units
         hot = binary_dilation(hot, np.ones((3, 3), bool))
         mask = np.kron(hot, np.ones((t, t), bool))
-        grid = AdaptiveGrid(self.size, self.size, *self.frame, mask, self.supersample)
-        return self._draw(grid, kwargs_lens, kwargs_source)
+        # only the refined pixels are drawn again; the others keep their pixel-centre value
+        grid = AdaptiveGrid(self.size, self.size, *self.frame, mask, self.supersample,
+                            flux_evaluate_indexes=mask.ravel())
+        return np.where(mask, self._draw(grid, kwargs_lens, kwargs_source), units)
 
     def render(self, row: dict) -> np.ndarray:
         """Noiseless PSF-convolved arc (3, S, S) in nmgy/pixel."""
