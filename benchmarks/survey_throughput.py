@@ -28,6 +28,7 @@ import os  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.signal import fftconvolve  # noqa: E402
 
+from darkhalo.lenstronomy_reference import pixel_frame  # noqa: E402
 from darkhalo.profiles import render_sersic, sersic_sb_at_reff  # noqa: E402
 from darkhalo.psf import moffat_kernels  # noqa: E402
 from darkhalo.survey import SurveyConfig, simulate_parents, sky_patches  # noqa: E402
@@ -60,8 +61,7 @@ class LenstronomyLRG:
         from lenstronomy.ImSim.Numerics.grid import RegularGrid
         from lenstronomy.LightModel.light_model import LightModel
 
-        corner = -(SIZE - 1) / 2.0 * PIXEL_SCALE_ARCSEC
-        self.frame = (np.array([[PIXEL_SCALE_ARCSEC, 0.0], [0.0, PIXEL_SCALE_ARCSEC]]), corner, corner)
+        self.frame = pixel_frame(SIZE)
         self.light = LightModel(["SERSIC_ELLIPSE"])
         self.grid = RegularGrid(SIZE, SIZE, *self.frame, supersampling_factor=SUPERSAMPLE)
         # the central box: a CENTRE_BOX^2-pixel grid at the stamp's first pixels, shifted per stamp

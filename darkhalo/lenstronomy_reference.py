@@ -70,6 +70,12 @@ def component_fluxes(row: dict) -> np.ndarray:
     return np.vstack([total - clumps.sum(axis=1), clumps.T])
 
 
+def pixel_frame(stamp_size: int) -> tuple:
+    """(transform_pix2angle, ra_at_xy_0, dec_at_xy_0) of a stamp: x along columns, y along rows, 0 at the centre."""
+    corner = -(stamp_size - 1) / 2.0 * PIXEL_SCALE_ARCSEC
+    return np.array([[PIXEL_SCALE_ARCSEC, 0.0], [0.0, PIXEL_SCALE_ARCSEC]]), corner, corner
+
+
 class ArcRenderer:
     """lenstronomy set up once per (stamp size, supersampling, clump count), as its experts would.
 
@@ -89,8 +95,7 @@ class ArcRenderer:
         from lenstronomy.LensModel.lens_model import LensModel
         from lenstronomy.LightModel.light_model import LightModel
 
-        corner = -(stamp_size - 1) / 2.0 * PIXEL_SCALE_ARCSEC
-        self.frame = (np.array([[PIXEL_SCALE_ARCSEC, 0.0], [0.0, PIXEL_SCALE_ARCSEC]]), corner, corner)
+        self.frame = pixel_frame(stamp_size)
         self.size, self.supersample, self.n_components = stamp_size, supersample, 1 + n_clumps
         self.tile_pix, self.refine_rel = adaptive_tile_pix, refine_rel
         self.lens = LensModel(["SIE", "SHEAR"])
