@@ -71,20 +71,25 @@ class SurveyProcess:
     def temps(self) -> list[Path]:
         return sorted(self.out.parent.glob(f"{self.out.name}.tmp-*"))
 
-    def children_once_working(self) -> list[psutil.Process]:
-        """Wait for the temp output and both pool workers; returns the stage's child processes."""
+    def children_once_working(self, min_shards: int = 0) -> list[psutil.Process]:
+        """Wait for the temp output, both pool workers and ``min_shards`` shards written into the temp;
+        returns the stage's child processes."""
         def started():
             assert self.proc.poll() is None, f"stage ended early: {self.stderr.read_text()}"
             children = psutil.Process(self.proc.pid).children(recursive=True)
             workers = [c for c in children if "--multiprocessing-fork" in c.cmdline()]
-            return children if self.temps() and len(workers) == SURVEY["workers"] else None
-        return wait_until(started, "the temp output and the pool workers")
+            shards = [p for t in self.temps() for p in t.rglob("*.parquet")]
+            return children if self.temps() and len(workers) == SURVEY["workers"] and len(shards) >= min_shards \
+                else None
+        return wait_until(started, f"the temp output, the pool workers and {min_shards} shards")
 
 
 def test_sigterm_removes_partial_output_and_stops_workers(tmp_path):
     params = write_params(tmp_path / "params.yaml", tiny_params(**SURVEY))
     with SurveyProcess(tmp_path / "run", params) as run:
-        children = run.children_once_working()
+        # both workers past their spawn start-up (a signal there interrupts Python's own bootstrap, which
+        # prints its own traceback): each has written a shard
+        children = run.children_once_working(min_shards=SURVEY["workers"])
         run.proc.send_signal(signal.SIGTERM)
         assert run.proc.wait(TIMEOUT_S) == 128 + signal.SIGTERM
         wait_until(lambda: not running(children), "the workers and the resource tracker to end", 30)
