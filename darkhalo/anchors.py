@@ -61,7 +61,7 @@ from .params import NON_NEGATIVE, POSITIVE, ParamError, build, section
 from .profiles import pixel_coords_arcsec
 from .stamps import PIXEL_COLUMNS, StampBatch
 from .stats import percentiles, rate_with_interval
-from .survey import CATALOGUE_FIELDS
+from .survey import CATALOGUE_FIELDS, arrow_fields
 from .units import BANDS
 from .visibility import CentreGalaxy, arc_visibility, centre_galaxy, tier
 
@@ -585,14 +585,11 @@ def select_anchors(config: AnchorsConfig, seed: int, catalogue: pd.DataFrame | N
 # ---------------------------------------------------------------------------------------------
 # Output columns (after the survey's CATALOGUE_FIELDS; pixel columns last)
 
-def _fields(spec: str, dtype: pa.DataType) -> list[pa.Field]:
-    return [pa.field(name, dtype) for name in spec.split()]
-
-
 IDENTITY_FIELDS = (
-    _fields("name catalogue_name anchor_set grading lens_type ref anchor_source anchor_theta_e_source", pa.string())
-    + _fields("zlens anchor_theta_e_arcsec", pa.float64())
-    + _fields("lenscat_row", pa.int64())
+    arrow_fields("name catalogue_name anchor_set grading lens_type ref anchor_source anchor_theta_e_source",
+                 pa.string())
+    + arrow_fields("zlens anchor_theta_e_arcsec", pa.float64())
+    + arrow_fields("lenscat_row", pa.int64())
 )
 # The injection engine's column names (darkhalo/injection.py): every arc redraws from its row
 # (injection.render_columns); null in real mode (no truth).
@@ -608,19 +605,19 @@ INJECTION_LIST_COLUMNS = ("src_clump_dx_arcsec", "src_clump_dy_arcsec", "src_clu
 INJECTION_FIELDS = (
     [pa.field(n, pa.float64()) for n in INJECTION_FLOAT_COLUMNS]
     + [pa.field(n, pa.int32()) for n in INJECTION_INT32_COLUMNS]
-    + _fields("task_seed64", pa.int64())
+    + arrow_fields("task_seed64", pa.int64())
     + [pa.field(n, pa.list_(pa.float64())) for n in INJECTION_LIST_COLUMNS]
 )
 MEASUREMENT_FIELDS = (
-    _fields("anchor_psf_fwhm_arcsec_g anchor_psf_fwhm_arcsec_r anchor_psf_fwhm_arcsec_z anchor_centre_snr "
-            "anchor_centre_offset_arcsec", pa.float64())
-    + _fields("anchor_centre_ok", pa.bool_())
-    + _fields("anchor_visibility_snr anchor_visibility_snr_g anchor_visibility_snr_r anchor_visibility_snr_z "
-              "anchor_annulus_inner_arcsec anchor_annulus_outer_arcsec", pa.float64())
-    + _fields("anchor_tier anchor_group", pa.string())
+    arrow_fields("anchor_psf_fwhm_arcsec_g anchor_psf_fwhm_arcsec_r anchor_psf_fwhm_arcsec_z anchor_centre_snr "
+                 "anchor_centre_offset_arcsec", pa.float64())
+    + arrow_fields("anchor_centre_ok", pa.bool_())
+    + arrow_fields("anchor_visibility_snr anchor_visibility_snr_g anchor_visibility_snr_r anchor_visibility_snr_z "
+                   "anchor_annulus_inner_arcsec anchor_annulus_outer_arcsec", pa.float64())
+    + arrow_fields("anchor_tier anchor_group", pa.string())
 )
-SPLIT_FIELDS = _fields("nside", pa.int32()) + _fields("healpix_pixel", pa.int64()) + _fields("region_split",
-                                                                                          pa.string())
+SPLIT_FIELDS = (arrow_fields("nside", pa.int32()) + arrow_fields("healpix_pixel", pa.int64())
+                + arrow_fields("region_split", pa.string()))
 BASE_FIELDS = list(CATALOGUE_FIELDS) + list(IDENTITY_FIELDS) + list(INJECTION_FIELDS)
 ANCHOR_FIELDS = BASE_FIELDS + list(MEASUREMENT_FIELDS) + list(SPLIT_FIELDS)
 

@@ -23,8 +23,9 @@ draws come from ``keyed_rng(seed, "hard_negatives", parent_id)``, so a row
 depends only on (params, k), never on sharding or workers.
 
 Split: each row takes the ``region_split`` of the HEALPix pixel (NESTED, the
-split table's nside) holding its position (``darkhalo.split.attach_split``); rows in guard-band
-pixels or in pixels the split did not assign are counted, not written.
+split table's nside) holding its position (``darkhalo.split.attach_split``);
+rows in guard-band pixels or in pixels the split did not assign are counted,
+not written.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from .profiles import pixel_coords_arcsec, render_sersic
 from .rng import keyed_rng
 from .split import GUARD, SPLITS, UNASSIGNED
 from .stamps import stamps_from_native
+from .survey import arrow_fields
 from .units import BANDS, PIXEL_SCALE_ARCSEC, mag_from_flux_nmgy
 from .visibility import arc_visibility
 
@@ -116,18 +118,15 @@ def check_namespace(n_parents: int, n_rows: int) -> None:
 # ---------------------------------------------------------------------------------------------
 # Columns
 
-def _fields(spec: str, dtype: pa.DataType) -> list[pa.Field]:
-    return [pa.field(name, dtype) for name in spec.split()]
-
-
 # hn_* columns, after the survey catalogue columns (pixel columns follow; see stamps.py).
 HN_EXTRA_FIELDS = (
-    _fields("hn_class hn_source hn_source_id", pa.string())
-    + _fields("hn_feature_flux_nmgy_g hn_feature_flux_nmgy_r hn_feature_flux_nmgy_z hn_feature_mag_r "
-              "hn_feature_radius_arcsec hn_feature_mean_radius_arcsec hn_vote_fraction hn_annulus_snr", pa.float64())
-    + _fields("hn_shape_json", pa.string())
-    + _fields("nside", pa.int32())
-    + _fields("healpix_pixel", pa.int64())
+    arrow_fields("hn_class hn_source hn_source_id", pa.string())
+    + arrow_fields("hn_feature_flux_nmgy_g hn_feature_flux_nmgy_r hn_feature_flux_nmgy_z hn_feature_mag_r "
+                   "hn_feature_radius_arcsec hn_feature_mean_radius_arcsec hn_vote_fraction hn_annulus_snr",
+                   pa.float64())
+    + arrow_fields("hn_shape_json", pa.string())
+    + arrow_fields("nside", pa.int32())
+    + arrow_fields("healpix_pixel", pa.int64())
 )
 HN_FIELDS = list(survey.CATALOGUE_FIELDS) + list(HN_EXTRA_FIELDS)
 

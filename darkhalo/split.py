@@ -29,6 +29,10 @@ Assignment (deterministic, seed from params):
 
 Guard-band parents stay in the assignment table (``region_split = "guard"``)
 so the loss is auditable; consumers drop them.
+
+Rows of other tables (hard negatives, anchors) take the split of their pixel
+through ``read_split_map`` + ``attach_split``; a pixel the assignment table
+does not hold is ``"unassigned"``.
 """
 from __future__ import annotations
 
