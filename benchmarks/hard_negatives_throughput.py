@@ -24,10 +24,11 @@ import numpy as np  # noqa: E402
 from scipy.signal import fftconvolve  # noqa: E402
 
 from darkhalo.hard_negatives import HardNegativesConfig, simulate_hard_negatives  # noqa: E402
+from darkhalo.profiles import pixel_coords_arcsec  # noqa: E402
 from darkhalo.psf import moffat_kernels  # noqa: E402
 from darkhalo.stamps import stamps_from_native  # noqa: E402
 from darkhalo.survey import SurveyConfig, simulate_parents, sky_patches  # noqa: E402
-from darkhalo.visibility import arc_visibility, pixel_coords_arcsec  # noqa: E402
+from darkhalo.visibility import arc_visibility  # noqa: E402
 
 THETA_E = 1.5
 

@@ -29,7 +29,7 @@
   error naming it (``centre_policy: fail``) or a counted, listed drop
   (``drop``, the default; more than ``max_dropped_fraction`` of them is an
   error all the same).
-* ``table_from_cutouts`` (real mode) and ``summarise_anchors`` (metrics).
+* ``anchors_from_cutouts`` (real mode) and ``summarise_anchors`` (metrics).
   The embedded pixels are darkhalo/anchor_sim.py's.
 
 parent_id namespace for anchor stamps: the anchor whose lenscat row is k has
@@ -55,13 +55,15 @@ from scipy.ndimage import gaussian_filter, maximum_filter
 from tqdm import tqdm
 
 from . import footprint
+from .cutout_table import table_from_cutouts
 from .cutouts import CUTOUT_RULES, CutoutConfig
 from .params import NON_NEGATIVE, POSITIVE, ParamError, build, section
-from .stamps import PIXEL_COLUMNS, StampBatch, native_columns
+from .profiles import pixel_coords_arcsec
+from .stamps import PIXEL_COLUMNS, StampBatch
 from .stats import percentiles, rate_with_interval
-from .survey import CATALOGUE_FIELDS
-from .units import AB_ZP_NMGY, BANDS
-from .visibility import CentreGalaxy, arc_visibility, centre_galaxy, pixel_coords_arcsec, tier
+from .survey import CATALOGUE_FIELDS, arrow_fields
+from .units import BANDS
+from .visibility import CentreGalaxy, arc_visibility, centre_galaxy, tier
 
 
 def _shown(value) -> str:
@@ -248,14 +250,6 @@ def read_lenscat(path: str | Path | None = None) -> pd.DataFrame:
     return frame
 
 
-def in_dr10_footprint(ra_deg, dec_deg) -> np.ndarray:
-    """True inside the DR10-like footprint of darkhalo/footprint.py (south of +32.375 deg, |b| > 20 deg)."""
-    ra_deg, dec_deg = np.asarray(ra_deg, float), np.asarray(dec_deg, float)
-    gal_b = footprint.galactic_latitude_deg(ra_deg, dec_deg)
-    return (dec_deg < footprint.DEC_MAX_DEG) & (dec_deg > footprint.DEC_MIN_DEG) & (
-        np.abs(gal_b) > footprint.MIN_ABS_GAL_B_DEG)
-
-
 def anchor_name(row_name: str, lenscat_row: int) -> str:
     """The first of a lenscat entry's aliases, or 'lenscat-<row>' where it has none ('-')."""
     aliases = _aliases(row_name)
@@ -272,7 +266,7 @@ def select_catalogue(config: AnchorsConfig, catalogue: pd.DataFrame | None = Non
     catalogue = read_lenscat() if catalogue is None else catalogue
     refs = catalogue["ref"].astype(str)
     taken = np.zeros(len(catalogue), bool)
-    inside = in_dr10_footprint(catalogue["ra"], catalogue["dec"]) if config.restrict_to_footprint else \
+    inside = footprint.in_dr10_footprint(catalogue["ra"], catalogue["dec"]) if config.restrict_to_footprint else \
         np.ones(len(catalogue), bool)
     parts, report = [], {}
     for set_name, spec in config.anchor_sets.items():
@@ -567,7 +561,7 @@ def select_anchors(config: AnchorsConfig, seed: int, catalogue: pd.DataFrame | N
                                           for n in frame["name"]]
         frame["anchor_theta_e_arcsec"] = [theta.get(n, t) for n, t in zip(frame["name"],
                                                                          frame["anchor_theta_e_arcsec"])]
-        inside = (in_dr10_footprint(frame["ra"], frame["dec"]) if config.restrict_to_footprint
+        inside = (footprint.in_dr10_footprint(frame["ra"], frame["dec"]) if config.restrict_to_footprint
                   else np.ones(len(frame), bool))
         outside = frame[~inside]
         frame = frame[inside].reset_index(drop=True)
@@ -591,14 +585,11 @@ def select_anchors(config: AnchorsConfig, seed: int, catalogue: pd.DataFrame | N
 # ---------------------------------------------------------------------------------------------
 # Output columns (after the survey's CATALOGUE_FIELDS; pixel columns last)
 
-def _fields(spec: str, dtype: pa.DataType) -> list[pa.Field]:
-    return [pa.field(name, dtype) for name in spec.split()]
-
-
 IDENTITY_FIELDS = (
-    _fields("name catalogue_name anchor_set grading lens_type ref anchor_source anchor_theta_e_source", pa.string())
-    + _fields("zlens anchor_theta_e_arcsec", pa.float64())
-    + _fields("lenscat_row", pa.int64())
+    arrow_fields("name catalogue_name anchor_set grading lens_type ref anchor_source anchor_theta_e_source",
+                 pa.string())
+    + arrow_fields("zlens anchor_theta_e_arcsec", pa.float64())
+    + arrow_fields("lenscat_row", pa.int64())
 )
 # The injection engine's column names (darkhalo/injection.py): every arc redraws from its row
 # (injection.render_columns); null in real mode (no truth).
@@ -614,19 +605,19 @@ INJECTION_LIST_COLUMNS = ("src_clump_dx_arcsec", "src_clump_dy_arcsec", "src_clu
 INJECTION_FIELDS = (
     [pa.field(n, pa.float64()) for n in INJECTION_FLOAT_COLUMNS]
     + [pa.field(n, pa.int32()) for n in INJECTION_INT32_COLUMNS]
-    + _fields("task_seed64", pa.int64())
+    + arrow_fields("task_seed64", pa.int64())
     + [pa.field(n, pa.list_(pa.float64())) for n in INJECTION_LIST_COLUMNS]
 )
 MEASUREMENT_FIELDS = (
-    _fields("anchor_psf_fwhm_arcsec_g anchor_psf_fwhm_arcsec_r anchor_psf_fwhm_arcsec_z anchor_centre_snr "
-            "anchor_centre_offset_arcsec", pa.float64())
-    + _fields("anchor_centre_ok", pa.bool_())
-    + _fields("anchor_visibility_snr anchor_visibility_snr_g anchor_visibility_snr_r anchor_visibility_snr_z "
-              "anchor_annulus_inner_arcsec anchor_annulus_outer_arcsec", pa.float64())
-    + _fields("anchor_tier anchor_group", pa.string())
+    arrow_fields("anchor_psf_fwhm_arcsec_g anchor_psf_fwhm_arcsec_r anchor_psf_fwhm_arcsec_z anchor_centre_snr "
+                 "anchor_centre_offset_arcsec", pa.float64())
+    + arrow_fields("anchor_centre_ok", pa.bool_())
+    + arrow_fields("anchor_visibility_snr anchor_visibility_snr_g anchor_visibility_snr_r anchor_visibility_snr_z "
+                   "anchor_annulus_inner_arcsec anchor_annulus_outer_arcsec", pa.float64())
+    + arrow_fields("anchor_tier anchor_group", pa.string())
 )
-SPLIT_FIELDS = _fields("nside", pa.int32()) + _fields("healpix_pixel", pa.int64()) + _fields("region_split",
-                                                                                          pa.string())
+SPLIT_FIELDS = (arrow_fields("nside", pa.int32()) + arrow_fields("healpix_pixel", pa.int64())
+                + arrow_fields("region_split", pa.string()))
 BASE_FIELDS = list(CATALOGUE_FIELDS) + list(IDENTITY_FIELDS) + list(INJECTION_FIELDS)
 ANCHOR_FIELDS = BASE_FIELDS + list(MEASUREMENT_FIELDS) + list(SPLIT_FIELDS)
 
@@ -733,15 +724,6 @@ def apply_check_policy(table: pa.Table, failures: list[dict], policy: str, max_d
     return table.filter(pa.array(keep))
 
 
-def attach_split(table: pa.Table, split_map) -> pa.Table:
-    """SPLIT_FIELDS from the split stage's assignment (``hard_negatives.SplitMap``): for information only,
-    'unassigned' where the split has no such pixel.  Anchors are evaluation-only whatever their pixel."""
-    pix, split = split_map.lookup(table.column("ra").to_numpy(), table.column("dec").to_numpy())
-    table = table.append_column(SPLIT_FIELDS[0], pa.array(np.full(table.num_rows, split_map.nside, np.int32)))
-    table = table.append_column(SPLIT_FIELDS[1], pa.array(pix, pa.int64()))
-    return table.append_column(SPLIT_FIELDS[2], pa.array([str(s) for s in split], pa.string()))
-
-
 def finish_table(base: pa.Table, measured: dict) -> pa.Table:
     """BASE_FIELDS table + pixels -> + MEASUREMENT_FIELDS (split columns come later), pixels last."""
     out = base.select([f.name for f in BASE_FIELDS])
@@ -760,46 +742,13 @@ def order_columns(table: pa.Table) -> pa.Table:
 # ---------------------------------------------------------------------------------------------
 # Real mode: rows from fetched cutouts
 
-def table_from_cutouts(anchors: pd.DataFrame, cutouts: dict, size: int) -> pa.Table:
-    """BASE_FIELDS + pixels of the anchors (``select_anchors`` rows) that have a cutout (``{name: Cutout}``).
-
-    What a cutout cannot tell is NaN (seeing, depth, extinction, lens fit) or
-    null (injection columns); ``lrg_type`` is "", ``sim_*`` counts -1;
-    ``cutout_ok`` is 1 only with all three bands present and finite; bands
-    without a service invvar get a constant invvar from the robust (MAD)
-    scatter of their pixels.
-    """
+def anchors_from_cutouts(anchors: pd.DataFrame, cutouts: dict, size: int) -> pa.Table:
+    """BASE_FIELDS + pixels of the anchors (``select_anchors`` rows) that have a cutout (``{name: Cutout}``):
+    darkhalo.cutout_table's catalogue columns, the identity columns, null injection columns."""
     keep = [i for i, n in enumerate(anchors["name"]) if n in cutouts]
     sub = anchors.iloc[keep].reset_index(drop=True)
-    nan = float("nan")
-    rows, images, invvars, present = [], [], [], []
-    for a in sub.itertuples():
-        cut = cutouts[a.name]
-        image, invvar = cut.image.copy(), cut.invvar_or_estimate()
-        row = {f.name: nan for f in CATALOGUE_FIELDS if pa.types.is_floating(f.type)}
-        row.update(parent_id=int(a.parent_id), ra=float(a.ra), dec=float(a.dec),
-                   brickname=footprint.brickname(a.ra, a.dec), depth_mode=footprint.depth_mode(a.ra, a.dec),
-                   gal_b_deg=float(footprint.galactic_latitude_deg(a.ra, a.dec)), lrg_type="",
-                   bad_pixel_frac=float(np.mean(((np.nan_to_num(invvar) == 0) &
-                                                  cut.present[:, None, None]).any(axis=0))),
-                   ab_zp_nmgy=AB_ZP_NMGY, cutout_ok=int(cut.present.all() and np.isfinite(image).all()),
-                   stamp_size=size, bandset="grz", sim_defect="", sim_n_neighbour_galaxies=-1, sim_n_stars=-1)
-        rows.append(row)
-        images.append(image), invvars.append(invvar), present.append(cut.present)
-    table = pa.table({f.name: pa.array([r[f.name] for r in rows], type=f.type) for f in CATALOGUE_FIELDS})
-    for name, column in identity_columns(sub, SOURCE_CUTOUT).items():
-        table = table.append_column(name, column)
-    for f in INJECTION_FIELDS:
-        table = table.append_column(f, pa.nulls(len(rows), f.type))
-    if rows:
-        flags = np.stack(present)
-        batch = StampBatch(np.stack(images), np.stack(invvars), flags, flags.copy())
-    else:
-        empty = np.zeros((0, 3, size, size), np.float32)
-        batch = StampBatch(empty, empty, np.zeros((0, 3), bool), np.zeros((0, 3), bool))
-    for name, column in native_columns(batch).items():
-        table = table.append_column(name, column)
-    return table
+    extra = {**identity_columns(sub, SOURCE_CUTOUT), **{f.name: pa.nulls(len(sub), f.type) for f in INJECTION_FIELDS}}
+    return table_from_cutouts([cutouts[n] for n in sub["name"]], sub["parent_id"], sub["ra"], sub["dec"], size, extra)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,11 +24,18 @@ def galactic_latitude_deg(ra_deg, dec_deg):
     return b
 
 
+def in_dr10_footprint(ra_deg, dec_deg) -> np.ndarray:
+    """True where (ra, dec) in deg is inside the footprint: -68 < Dec < +32.375 deg and |b| > 20 deg."""
+    ra_deg, dec_deg = np.asarray(ra_deg, float), np.asarray(dec_deg, float)
+    gal_b = galactic_latitude_deg(ra_deg, dec_deg)
+    return (dec_deg < DEC_MAX_DEG) & (dec_deg > DEC_MIN_DEG) & (np.abs(gal_b) > MIN_ABS_GAL_B_DEG)
+
+
 def footprint_patches(n_patches: int, rng: np.random.Generator) -> np.ndarray:
     """``n_patches`` distinct NSIDE=32 NESTED pixel indices inside the footprint."""
     pix = np.arange(hp.nside2npix(PATCH_NSIDE))
     ra, dec = hp.pix2ang(PATCH_NSIDE, pix, nest=True, lonlat=True)
-    inside = (dec < DEC_MAX_DEG - 1.0) & (dec > DEC_MIN_DEG) & (np.abs(galactic_latitude_deg(ra, dec)) > MIN_ABS_GAL_B_DEG)
+    inside = in_dr10_footprint(ra, dec) & (dec < DEC_MAX_DEG - 1.0)   # patch centres 1 deg clear of the Dec edge
     candidates = pix[inside]
     if n_patches > len(candidates):
         raise ValueError(f"n_sky_patches = {n_patches} exceeds the {len(candidates)} NSIDE={PATCH_NSIDE} "

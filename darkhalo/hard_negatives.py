@@ -23,8 +23,9 @@ draws come from ``keyed_rng(seed, "hard_negatives", parent_id)``, so a row
 depends only on (params, k), never on sharding or workers.
 
 Split: each row takes the ``region_split`` of the HEALPix pixel (NESTED, the
-split table's nside) holding its position (``SplitMap``); rows in guard-band
-pixels or in pixels the split did not assign are counted, not written.
+split table's nside) holding its position (``darkhalo.split.attach_split``);
+rows in guard-band pixels or in pixels the split did not assign are counted,
+not written.
 """
 from __future__ import annotations
 
@@ -34,15 +35,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from scipy.special import ndtr
 
 from . import population, survey
 from .params import NON_NEGATIVE, POSITIVE, ParamError, build, section
-from .profiles import render_sersic
+from .cutout_table import table_from_cutouts
+from .profiles import pixel_coords_arcsec, render_sersic
 from .rng import keyed_rng
-from .split import GUARD, SPLITS, pixel_of
+from .split import GUARD, SPLITS, UNASSIGNED
 from .stamps import stamps_from_native
+from .survey import arrow_fields
 from .units import BANDS, PIXEL_SCALE_ARCSEC, mag_from_flux_nmgy
 from .visibility import arc_visibility
 
@@ -50,7 +52,6 @@ CLASSES = ("ring", "spiral", "merger", "edge_on")
 HARD_NEGATIVE_PARENT_ID_BASE = 1 << 40
 RNG_STREAM = "hard_negatives"
 SOURCE_EMBEDDED = "embedded"   # hn_source; real mode: "galaxy_zoo_decals" / "ring_catalogue" (galaxy_zoo.py)
-UNASSIGNED = "unassigned"
 # Feature r mag minus core r mag, per class: disks and spiral arms outshine their bulges,
 # rings and tidal features are about as bright as lensed arcs are next to their deflectors.
 DEFAULT_FEATURE_DMAG_RANGE = {"ring": (-0.5, 2.0), "spiral": (-1.5, 1.0), "merger": (-0.5, 2.0),
@@ -117,18 +118,15 @@ def check_namespace(n_parents: int, n_rows: int) -> None:
 # ---------------------------------------------------------------------------------------------
 # Columns
 
-def _fields(spec: str, dtype: pa.DataType) -> list[pa.Field]:
-    return [pa.field(name, dtype) for name in spec.split()]
-
-
 # hn_* columns, after the survey catalogue columns (pixel columns follow; see stamps.py).
 HN_EXTRA_FIELDS = (
-    _fields("hn_class hn_source hn_source_id", pa.string())
-    + _fields("hn_feature_flux_nmgy_g hn_feature_flux_nmgy_r hn_feature_flux_nmgy_z hn_feature_mag_r "
-              "hn_feature_radius_arcsec hn_feature_mean_radius_arcsec hn_vote_fraction hn_annulus_snr", pa.float64())
-    + _fields("hn_shape_json", pa.string())
-    + _fields("nside", pa.int32())
-    + _fields("healpix_pixel", pa.int64())
+    arrow_fields("hn_class hn_source hn_source_id", pa.string())
+    + arrow_fields("hn_feature_flux_nmgy_g hn_feature_flux_nmgy_r hn_feature_flux_nmgy_z hn_feature_mag_r "
+                   "hn_feature_radius_arcsec hn_feature_mean_radius_arcsec hn_vote_fraction hn_annulus_snr",
+                   pa.float64())
+    + arrow_fields("hn_shape_json", pa.string())
+    + arrow_fields("nside", pa.int32())
+    + arrow_fields("healpix_pixel", pa.int64())
 )
 HN_FIELDS = list(survey.CATALOGUE_FIELDS) + list(HN_EXTRA_FIELDS)
 
@@ -289,7 +287,7 @@ _CLASS_MODELS = {
 def _render_features(components, core, feature_mag_r, feature_gr, feature_rz, ebv, size, supersample):
     """Pre-PSF feature light (3, size, size) in nmgy/pixel, observed (MW-extincted) fluxes."""
     out = np.zeros((3, size, size))
-    x, y = _pixel_xy(size)
+    x, y = pixel_coords_arcsec(size)
     for comp in components:
         kind, frac, spec, colours = comp[:4]
         dust = comp[4] if len(comp) > 4 else None
@@ -312,11 +310,6 @@ def _render_features(components, core, feature_mag_r, feature_gr, feature_rz, eb
                 band_image = band_image * (1.0 - (1.0 - np.exp(-dust["tau"][band])) * lane)
             out[j] += band_image
     return out
-
-
-def _pixel_xy(size):
-    axis = (np.arange(size) - (size - 1) / 2.0) * PIXEL_SCALE_ARCSEC
-    return np.meshgrid(axis, axis)
 
 
 def _rounded(value):
@@ -346,7 +339,7 @@ def draw_hard_negative(config: survey.SurveyConfig, hn: HardNegativesConfig, pat
     row["_neighbours"] = survey.draw_neighbours(config, rng, row["gal_b_deg"])
     features = _render_features(components, row, feature_mag_r, feature_gr, feature_rz, row["ebv"],
                                 config.stamp_size, config.supersample)
-    x, y = _pixel_xy(config.stamp_size)
+    x, y = pixel_coords_arcsec(config.stamp_size)
     r = np.hypot(x - row["lrg_x_arcsec"], y - row["lrg_y_arcsec"])
     for j, band in enumerate(BANDS):
         row[f"hn_feature_flux_nmgy_{band}"] = float(features[j].sum())
@@ -392,77 +385,7 @@ def simulate_hard_negatives(config: survey.SurveyConfig, hn: HardNegativesConfig
 
 
 # ---------------------------------------------------------------------------------------------
-# Split assignment
-
-@dataclass(frozen=True)
-class SplitMap:
-    """HEALPix pixel -> region_split from the split stage's assignment table (NESTED pixels)."""
-
-    nside: int
-    pixels: np.ndarray      # sorted unique NESTED pixel indices
-    splits: np.ndarray      # region_split per pixel (train/val/test/guard)
-    source: str
-
-    def lookup(self, ra_deg, dec_deg) -> tuple[np.ndarray, np.ndarray]:
-        """(healpix_pixel, region_split) per position; 'unassigned' where the split has no such pixel."""
-        pix = pixel_of(ra_deg, dec_deg, self.nside)
-        pos = np.clip(np.searchsorted(self.pixels, pix), 0, max(len(self.pixels) - 1, 0))
-        found = (self.pixels[pos] == pix) if len(self.pixels) else np.zeros(len(pix), bool)
-        return pix, np.where(found, self.splits[pos] if len(self.pixels) else UNASSIGNED, UNASSIGNED).astype(object)
-
-
-REQUIRED_SPLIT_COLUMNS = ("ra", "dec", "nside", "healpix_pixel", "region_split")
-
-
-def read_split_map(path: str | Path) -> SplitMap:
-    """SplitMap of an assignment table (``data/split/assignment.parquet``); errors name the file.
-
-    Checks: the columns exist, one nside, ``healpix_pixel`` is the NESTED index
-    of (ra, dec) on every row (the convention of darkhalo/split.py), no pixel
-    in two splits, split names from train/val/test/guard.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no split assignment table (run the `split` stage first)")
-    table = pq.read_table(path)
-    missing = [c for c in REQUIRED_SPLIT_COLUMNS if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing} (have {table.column_names})")
-    if table.num_rows == 0:
-        raise ValueError(f"{path}: the assignment table is empty")
-    nside_values = np.unique(table.column("nside").to_numpy())
-    if len(nside_values) != 1:
-        raise ValueError(f"{path}: column 'nside' has several values {nside_values.tolist()}")
-    nside = int(nside_values[0])
-    ra, dec = table.column("ra").to_numpy(), table.column("dec").to_numpy()
-    pix = table.column("healpix_pixel").to_numpy()
-    mismatch = np.flatnonzero(pixel_of(ra, dec, nside) != pix)
-    if len(mismatch):
-        i = int(mismatch[0])
-        raise ValueError(f"{path}: row {i} column 'healpix_pixel' = {pix[i]} is not the NESTED NSIDE={nside} pixel "
-                         f"of (ra, dec) = ({ra[i]}, {dec[i]}) ({len(mismatch)} such rows)")
-    split = np.asarray(table.column("region_split").to_pylist(), dtype=object)
-    bad = sorted(set(split.tolist()) - set(SPLITS) - {GUARD})
-    if bad:
-        raise ValueError(f"{path}: column 'region_split' has unknown value(s) {bad}")
-    pairs = sorted(set(zip(pix.tolist(), split.tolist())))
-    pixels = np.array([p for p, _ in pairs], np.int64)
-    dup = np.flatnonzero(np.diff(pixels) == 0)
-    if len(dup):
-        p = int(pixels[dup[0]])
-        raise ValueError(f"{path}: HEALPix pixel {p} is in two splits "
-                         f"{sorted(s for q, s in pairs if q == p)}")
-    return SplitMap(nside, pixels, np.array([s for _, s in pairs], dtype=object), str(path))
-
-
-def attach_split(table: pa.Table, split_map: SplitMap) -> pa.Table:
-    """``table`` with ``nside``, ``healpix_pixel`` set and a ``region_split`` column added (may be guard/unassigned)."""
-    pix, split = split_map.lookup(table.column("ra").to_numpy(), table.column("dec").to_numpy())
-    table = table.set_column(table.schema.get_field_index("nside"), "nside",
-                             pa.array(np.full(table.num_rows, split_map.nside, np.int32)))
-    table = table.set_column(table.schema.get_field_index("healpix_pixel"), "healpix_pixel", pa.array(pix, pa.int64()))
-    return table.append_column("region_split", pa.array(split.tolist(), pa.string()))
-
+# Split partitions
 
 def write_split_partitions(table: pa.Table, out_dir: str | Path, shard: int, row_group_rows: int) -> dict:
     """Write rows of train/val/test as ``region_split=<s>/part-<shard>.parquet`` (hive layout).
@@ -541,52 +464,20 @@ def merge_counts(parts: list[dict]) -> dict:
     return out
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Real mode: rows from fetched cutouts
 
-def table_from_cutouts(selection: pa.Table, parent_ids: np.ndarray, cutouts: dict, size: int) -> pa.Table:
-    """Native-layout HN_FIELDS table of selected targets (``galaxy_zoo.select`` rows) that have a cutout.
-
-    Columns the cutout cannot tell (seeing, depth, extinction, central-galaxy
-    fit) are NaN, ``lrg_type`` is "" and the ``sim_*`` counts are -1;
-    ``cutout_ok`` is 1 only when all three bands are present and finite;
-    ``bad_pixel_frac`` counts pixels with invvar = 0 in any band.  Bands
-    without a service invvar get a constant invvar from the robust (MAD)
-    scatter of their pixels.
-    """
-    from . import footprint
-    from .stamps import StampBatch, native_columns
-    from .units import AB_ZP_NMGY
-
+def hard_negatives_from_cutouts(selection: pa.Table, parent_ids: np.ndarray, cutouts: dict, size: int) -> pa.Table:
+    """Native-layout HN_FIELDS table of selected targets (``galaxy_zoo.select`` rows) that have a cutout
+    (``{hn_source_id: Cutout}``): darkhalo.cutout_table's catalogue columns, the selection's class, source,
+    id and vote fraction; the feature columns NaN, ``hn_shape_json`` "{}" (split columns set later)."""
     names = selection.column("hn_source_id").to_pylist()
     keep = [i for i, n in enumerate(names) if n in cutouts]
-    rows, images, invvars, present, has_iv = [], [], [], [], []
-    sel = selection.to_pylist()
-    nan = float("nan")
-    for i in keep:
-        s, cut = sel[i], cutouts[names[i]]
-        image, invvar = cut.image.copy(), cut.invvar_or_estimate()
-        row = {f.name: nan for f in survey.CATALOGUE_FIELDS if pa.types.is_floating(f.type)}
-        row.update(parent_id=int(parent_ids[i]), ra=s["ra"], dec=s["dec"],
-                   brickname=footprint.brickname(s["ra"], s["dec"]), depth_mode=footprint.depth_mode(s["ra"], s["dec"]),
-                   gal_b_deg=float(footprint.galactic_latitude_deg(s["ra"], s["dec"])), lrg_type="",
-                   bad_pixel_frac=float(np.mean(((invvar == 0) & cut.present[:, None, None]).any(axis=0))),
-                   ab_zp_nmgy=AB_ZP_NMGY, cutout_ok=int(cut.present.all() and np.isfinite(image).all()),
-                   stamp_size=size, bandset="grz", sim_defect="", sim_n_neighbour_galaxies=-1, sim_n_stars=-1,
-                   hn_class=s["hn_class"], hn_source=s["hn_source"], hn_source_id=s["hn_source_id"],
-                   hn_vote_fraction=s["hn_vote_fraction"], hn_shape_json="{}", nside=0, healpix_pixel=-1,
-                   **{k: nan for k in ("hn_feature_flux_nmgy_g", "hn_feature_flux_nmgy_r", "hn_feature_flux_nmgy_z",
-                                       "hn_feature_mag_r", "hn_feature_radius_arcsec",
-                                       "hn_feature_mean_radius_arcsec", "hn_annulus_snr")})
-        rows.append(row)
-        images.append(image), invvars.append(invvar), present.append(cut.present), has_iv.append(cut.present.copy())
-    table = pa.table({f.name: pa.array([r[f.name] for r in rows], type=f.type) for f in HN_FIELDS})
-    if not rows:
-        empty = np.zeros((0, 3, size, size), np.float32)
-        batch = StampBatch(empty, empty, np.zeros((0, 3), bool), np.zeros((0, 3), bool))
-    else:
-        batch = StampBatch(np.stack(images), np.stack(invvars), np.stack(present), np.stack(has_iv))
-    for name, col in native_columns(batch).items():
-        table = table.append_column(name, col)
-    return table
+    rows = selection.to_pylist()
+    targets = [rows[i] for i in keep]
+    from_selection = ("hn_class", "hn_source", "hn_source_id", "hn_vote_fraction")
+    placeholders = {"hn_shape_json": "{}", "nside": 0, "healpix_pixel": -1}
+    extra = {f.name: pa.array([t[f.name] if f.name in from_selection else placeholders.get(f.name, float("nan"))
+                               for t in targets], f.type) for f in HN_EXTRA_FIELDS}
+    return table_from_cutouts([cutouts[names[i]] for i in keep], parent_ids[keep], [t["ra"] for t in targets],
+                              [t["dec"] for t in targets], size, extra)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .profiles import sersic_b
 from .units import PIXEL_SCALE_ARCSEC
 
 # Per-row parameters of a batch (each a (B,) tensor unless noted).
@@ -80,11 +81,6 @@ def sie_shear_deflection(x, y, p):
     g1 = col("shear") * torch.cos(2 * col("shear_phi_rad"))
     g2 = col("shear") * torch.sin(2 * col("shear_phi_rad"))
     return ax + g1 * dx + g2 * dy, ay + g2 * dx - g1 * dy
-
-
-def sersic_b(n):
-    """lenstronomy's b_n (see darkhalo.profiles.sersic_b; same formula, torch)."""
-    return (1.9992 * n - 0.3271).clamp_min(1e-5)
 
 
 def sersic_unit_sb(bx, by, p):

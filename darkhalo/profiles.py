@@ -18,8 +18,11 @@ from .units import PIXEL_SCALE_ARCSEC
 
 
 def sersic_b(n_sersic):
-    """lenstronomy's b_n = 1.9992 n - 0.3271 (floored at 1e-5), the one definition used here."""
-    return np.maximum(1.9992 * np.asarray(n_sersic, dtype=np.float64) - 0.3271, 1e-5)
+    """lenstronomy's b_n = 1.9992 n - 0.3271, floored at 1e-5 (dimensionless): the one definition.
+
+    ``n_sersic`` is a numpy array or a torch tensor (the injection engine's); the result is of the same kind.
+    """
+    return (1.9992 * n_sersic - 0.3271).clip(min=1e-5)
 
 
 def sersic_sb_at_reff(flux_nmgy, reff_arcsec, n_sersic):
@@ -43,13 +46,14 @@ def sersic_sb(dx_arcsec, dy_arcsec, flux_nmgy, reff_arcsec, n_sersic, q, phi_rad
     """Surface brightness (nmgy/arcsec^2) at offsets (arcsec) from the profile centre."""
     radius = elliptical_radius(dx_arcsec, dy_arcsec, q, phi_rad)
     ie = sersic_sb_at_reff(flux_nmgy, reff_arcsec, n_sersic)
-    b = sersic_b(n_sersic)
+    b = sersic_b(np.asarray(n_sersic, dtype=np.float64))
     return ie * np.exp(-b * ((radius / reff_arcsec) ** (1.0 / n_sersic) - 1.0))
 
 
-def pixel_centres_arcsec(size: int, pixel_scale_arcsec: float = PIXEL_SCALE_ARCSEC) -> np.ndarray:
-    """Coordinates (arcsec) of pixel centres along one axis; 0 at the stamp centre (size-1)/2."""
-    return (np.arange(size, dtype=np.float64) - (size - 1) / 2.0) * pixel_scale_arcsec
+def pixel_coords_arcsec(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) arcsec of pixel centres, each (size, size); 0 at the stamp centre (size-1)/2, y along rows."""
+    axis = (np.arange(size, dtype=np.float64) - (size - 1) / 2.0) * PIXEL_SCALE_ARCSEC
+    return np.meshgrid(axis, axis)
 
 
 def _subpixel_grid(lo_pix, npix, supersample, size, pixel_scale_arcsec):

@@ -29,14 +29,20 @@ Assignment (deterministic, seed from params):
 
 Guard-band parents stay in the assignment table (``region_split = "guard"``)
 so the loss is auditable; consumers drop them.
+
+Rows of other tables (hard negatives, anchors) take the split of their pixel
+through ``read_split_map`` + ``attach_split``; a pixel the assignment table
+does not hold is ``"unassigned"``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import healpy as hp
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .params import POSITIVE, ParamError, build, section
 from .rng import keyed_rng
@@ -50,6 +56,7 @@ def declared_over(fractions: dict[str, float], splits: tuple) -> dict[str, float
     total = sum(fractions[s] for s in splits)
     return {s: (fractions[s] / total if s in splits else 0.0) for s in fractions}
 GUARD = "guard"
+UNASSIGNED = "unassigned"       # a row whose pixel the split table does not hold
 MAX_REWEIGHT_ITERATIONS = 6
 
 
@@ -299,3 +306,84 @@ def summarise_split(table: pa.Table, config: SplitConfig, result: Assignment) ->
         "max_abs_fraction_deviation": float(max(abs(v["fraction_of_kept_parents"] - v["declared_fraction"])
                                                 for v in per_split.values())),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Split assignment of other tables' rows (hard negatives, anchors)
+
+@dataclass(frozen=True)
+class SplitMap:
+    """HEALPix pixel -> region_split from the split stage's assignment table (NESTED pixels)."""
+
+    nside: int
+    pixels: np.ndarray      # sorted unique NESTED pixel indices
+    splits: np.ndarray      # region_split per pixel (train/val/test/guard)
+    source: str
+
+    def lookup(self, ra_deg, dec_deg) -> tuple[np.ndarray, np.ndarray]:
+        """(healpix_pixel, region_split) per position; 'unassigned' where the split has no such pixel."""
+        pix = pixel_of(ra_deg, dec_deg, self.nside)
+        pos = np.clip(np.searchsorted(self.pixels, pix), 0, max(len(self.pixels) - 1, 0))
+        found = (self.pixels[pos] == pix) if len(self.pixels) else np.zeros(len(pix), bool)
+        return pix, np.where(found, self.splits[pos] if len(self.pixels) else UNASSIGNED, UNASSIGNED).astype(object)
+
+
+REQUIRED_SPLIT_COLUMNS = ("ra", "dec", "nside", "healpix_pixel", "region_split")
+
+
+def read_split_map(path: str | Path) -> SplitMap:
+    """SplitMap of an assignment table (``data/split/assignment.parquet``); errors name the file.
+
+    Checks: the columns exist, one nside, ``healpix_pixel`` is the NESTED index
+    of (ra, dec) on every row (this module's convention), no pixel
+    in two splits, split names from train/val/test/guard.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no split assignment table (run the `split` stage first)")
+    table = pq.read_table(path)
+    missing = [c for c in REQUIRED_SPLIT_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing} (have {table.column_names})")
+    if table.num_rows == 0:
+        raise ValueError(f"{path}: the assignment table is empty")
+    nside_values = np.unique(table.column("nside").to_numpy())
+    if len(nside_values) != 1:
+        raise ValueError(f"{path}: column 'nside' has several values {nside_values.tolist()}")
+    nside = int(nside_values[0])
+    ra, dec = table.column("ra").to_numpy(), table.column("dec").to_numpy()
+    pix = table.column("healpix_pixel").to_numpy()
+    mismatch = np.flatnonzero(pixel_of(ra, dec, nside) != pix)
+    if len(mismatch):
+        i = int(mismatch[0])
+        raise ValueError(f"{path}: row {i} column 'healpix_pixel' = {pix[i]} is not the NESTED NSIDE={nside} pixel "
+                         f"of (ra, dec) = ({ra[i]}, {dec[i]}) ({len(mismatch)} such rows)")
+    split = np.asarray(table.column("region_split").to_pylist(), dtype=object)
+    bad = sorted(set(split.tolist()) - set(SPLITS) - {GUARD})
+    if bad:
+        raise ValueError(f"{path}: column 'region_split' has unknown value(s) {bad}")
+    pairs = sorted(set(zip(pix.tolist(), split.tolist())))
+    pixels = np.array([p for p, _ in pairs], np.int64)
+    dup = np.flatnonzero(np.diff(pixels) == 0)
+    if len(dup):
+        p = int(pixels[dup[0]])
+        raise ValueError(f"{path}: HEALPix pixel {p} is in two splits "
+                         f"{sorted(s for q, s in pairs if q == p)}")
+    return SplitMap(nside, pixels, np.array([s for _, s in pairs], dtype=object), str(path))
+
+
+def attach_split(table: pa.Table, split_map: SplitMap) -> pa.Table:
+    """``table`` with the split columns of its (ra, dec) in deg: ``nside``, ``healpix_pixel`` (NESTED) and
+    ``region_split`` (train/val/test/guard, 'unassigned' where the split has no such pixel).
+
+    Each column is overwritten where ``table`` has it (hard negatives carry ``nside``/``healpix_pixel``
+    placeholders in place) and appended otherwise (anchors), in that order.
+    """
+    pix, split = split_map.lookup(table.column("ra").to_numpy(), table.column("dec").to_numpy())
+    columns = {"nside": pa.array(np.full(table.num_rows, split_map.nside, np.int32)),
+               "healpix_pixel": pa.array(pix, pa.int64()),
+               "region_split": pa.array(split.tolist(), pa.string())}
+    for name, column in columns.items():
+        index = table.schema.get_field_index(name)
+        table = table.append_column(name, column) if index < 0 else table.set_column(index, name, column)
+    return table

@@ -256,24 +256,25 @@ def observe(config: SurveyConfig, rows: list[dict], rngs: list[np.random.Generat
 _render_noiseless, _add_noise_and_defects = render_noiseless, add_noise_and_defects
 
 
-def _fields(spec: str, dtype: pa.DataType) -> list[pa.Field]:
+def arrow_fields(spec: str, dtype: pa.DataType) -> list[pa.Field]:
+    """Arrow fields of type ``dtype``, one per whitespace-separated name in ``spec``."""
     return [pa.field(name, dtype) for name in spec.split()]
 
 
 # Catalogue columns of a survey row, in order (pixel columns follow; see stamps.py).
 CATALOGUE_FIELDS = (
-    _fields("parent_id", pa.int64())
-    + _fields("ra dec", pa.float64())
-    + _fields("brickname depth_mode", pa.string())
-    + _fields("gal_b_deg ebv psfsize_g psfsize_r psfsize_z psfdepth_g psfdepth_r psfdepth_z "
-              "mw_transmission_g mw_transmission_r mw_transmission_z", pa.float64())
-    + _fields("lrg_type", pa.string())
-    + _fields("lrg_flux_nmgy_g lrg_flux_nmgy_r lrg_flux_nmgy_z lrg_mag_g lrg_mag_r lrg_mag_z lrg_reff_arcsec "
-              "lrg_n_sersic lrg_q lrg_phi_rad lrg_x_arcsec lrg_y_arcsec bad_pixel_frac ab_zp_nmgy", pa.float64())
-    + _fields("cutout_ok", pa.int8())
-    + _fields("stamp_size", pa.int16())
-    + _fields("bandset sim_defect", pa.string())
-    + _fields("sim_n_neighbour_galaxies sim_n_stars", pa.int32())
+    arrow_fields("parent_id", pa.int64())
+    + arrow_fields("ra dec", pa.float64())
+    + arrow_fields("brickname depth_mode", pa.string())
+    + arrow_fields("gal_b_deg ebv psfsize_g psfsize_r psfsize_z psfdepth_g psfdepth_r psfdepth_z "
+                   "mw_transmission_g mw_transmission_r mw_transmission_z", pa.float64())
+    + arrow_fields("lrg_type", pa.string())
+    + arrow_fields("lrg_flux_nmgy_g lrg_flux_nmgy_r lrg_flux_nmgy_z lrg_mag_g lrg_mag_r lrg_mag_z lrg_reff_arcsec "
+                   "lrg_n_sersic lrg_q lrg_phi_rad lrg_x_arcsec lrg_y_arcsec bad_pixel_frac ab_zp_nmgy", pa.float64())
+    + arrow_fields("cutout_ok", pa.int8())
+    + arrow_fields("stamp_size", pa.int16())
+    + arrow_fields("bandset sim_defect", pa.string())
+    + arrow_fields("sim_n_neighbour_galaxies sim_n_stars", pa.int32())
 )
 
 

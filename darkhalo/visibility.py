@@ -36,7 +36,7 @@ import numpy as np
 from scipy.ndimage import binary_dilation, gaussian_filter, maximum_filter
 from scipy.optimize import least_squares, nnls
 
-from .profiles import sersic_sb
+from .profiles import pixel_coords_arcsec, sersic_sb
 from .psf import DEFAULT_MOFFAT_BETA, moffat_alpha_pix
 from .units import PIXEL_SCALE_ARCSEC
 
@@ -88,12 +88,6 @@ def sersic_mge(n_sersic: float) -> np.ndarray:
     lo = int(min(np.floor(pos), len(_SERSIC_N_GRID) - 2))
     frac = pos - lo
     return (1.0 - frac) * table[lo] + frac * table[lo + 1]
-
-
-def pixel_coords_arcsec(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) arcsec of pixel centres, each (size, size); 0 at the stamp centre, y along rows."""
-    axis = (np.arange(size, dtype=np.float64) - (size - 1) / 2.0) * PIXEL_SCALE_ARCSEC
-    return np.meshgrid(axis, axis)
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from darkhalo.anchors import (AnchorsConfig, anchors_config, apply_check_policy, attach_split, finish_table,
-                              measure_anchors, order_columns, select_anchors, summarise_anchors, table_from_cutouts)
+from darkhalo.anchors import (AnchorsConfig, anchors_config, anchors_from_cutouts, apply_check_policy, finish_table,
+                              measure_anchors, order_columns, select_anchors, summarise_anchors)
 from darkhalo.dataset import write_parquet
 from darkhalo.gallery import gallery_png
-from darkhalo.hard_negatives import read_split_map
 from darkhalo.outputs import atomic_dir, atomic_write_bytes, run_stage, write_json
 from darkhalo.params import load_params
+from darkhalo.split import attach_split, read_split_map
 from darkhalo.stamps import stamps_from_native
 from darkhalo.survey import SurveyConfig, survey_config
 
@@ -78,7 +78,7 @@ def run_cutouts(cfg: AnchorsConfig, anchors: pd.DataFrame):
     by_reason = {}
     for f in failures:
         by_reason[f.reason] = by_reason.get(f.reason, 0) + 1
-    table = table_from_cutouts(anchors, cutouts, cfg.cutout_config.size_pix)
+    table = anchors_from_cutouts(anchors, cutouts, cfg.cutout_config.size_pix)
     return table, {"cutouts": dict(client.stats), "psf_fwhm_assumed_arcsec": cfg.psf_fwhm_assumed,
                    "cutout_failures": {"n": len(failures), "by_reason": by_reason,
                                        "first": [str(f) for f in failures[:20]]}}
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     table = apply_check_policy(finish_table(base, measured), failures, cfg.centre_policy, cfg.max_dropped_fraction)
     if table.num_rows == 0:
         raise RuntimeError(f"anchors: every one of {base.num_rows} anchors was dropped (see the reasons above)")
-    table = order_columns(attach_split(table, split_map))
+    table = order_columns(attach_split(table, split_map))   # for information: anchors are evaluation-only
     with atomic_dir(args.out) as tmp:
         write_parquet(table, Path(tmp) / "part-00000.parquet", ROW_GROUP_ROWS)
     metrics = summarise_anchors(table, cfg, selection, failures,

@@ -23,13 +23,13 @@ from darkhalo import galaxy_zoo
 from darkhalo.cutouts import CutoutClient
 from darkhalo.dataset import Chunk, iter_chunks, read_table, stamps_of
 from darkhalo.gallery import gallery_png
-from darkhalo.hard_negatives import (HARD_NEGATIVE_PARENT_ID_BASE, HN_EXTRA_FIELDS, HardNegativesConfig, SplitMap,
-                                     attach_split, check_namespace, hard_negatives_config, merge_counts,
-                                     read_split_map, simulate_hard_negatives, summarise, table_from_cutouts,
-                                     write_split_partitions)
+from darkhalo.hard_negatives import (HARD_NEGATIVE_PARENT_ID_BASE, HN_EXTRA_FIELDS, HardNegativesConfig,
+                                     check_namespace, hard_negatives_config, hard_negatives_from_cutouts,
+                                     merge_counts, simulate_hard_negatives, summarise, write_split_partitions)
 from darkhalo.outputs import atomic_dir, atomic_write_bytes, run_stage, write_json
 from darkhalo.parallel import map_shards
 from darkhalo.params import load_params
+from darkhalo.split import SplitMap, attach_split, read_split_map
 from darkhalo.survey import CATALOGUE_FIELDS, SurveyConfig, sky_patches, survey_config
 
 CATALOGUE_COLUMNS = [f.name for f in CATALOGUE_FIELDS] + [f.name for f in HN_EXTRA_FIELDS]
@@ -85,7 +85,7 @@ def run_galaxy_zoo(config: SurveyConfig, hn: HardNegativesConfig, split_map: Spl
         raise RuntimeError(f"hard_negatives: {len(failures)} of {len(wanted)} cutouts failed "
                            f"({failed_fraction:.1%} > max_failed_fraction {gz.max_failed_fraction:.1%}):\n{lines}")
     size = gz.cutout_config.size_pix
-    table = attach_split(table_from_cutouts(selection, parent_ids, cutouts, size), split_map)
+    table = attach_split(hard_negatives_from_cutouts(selection, parent_ids, cutouts, size), split_map)
     with atomic_dir(out) as tmp:
         counts = {}
         for shard, start in enumerate(range(0, max(table.num_rows, 1), hn.shard_rows)):

@@ -11,9 +11,10 @@ import pytest
 
 from conftest import tiny_params, write_params
 from darkhalo.dataset import read_table
-from darkhalo.hard_negatives import (CLASSES, HARD_NEGATIVE_PARENT_ID_BASE, hard_negatives_config, read_split_map,
+from darkhalo.hard_negatives import (CLASSES, HARD_NEGATIVE_PARENT_ID_BASE, hard_negatives_config,
                                      simulate_hard_negatives)
 from darkhalo.params import ParamError
+from darkhalo.split import read_split_map
 from darkhalo.survey import CATALOGUE_FIELDS, sky_patches, survey_config
 from stages import hard_negatives
 

@@ -6,11 +6,11 @@ import pytest
 from scipy.signal import fftconvolve
 
 from conftest import tiny_params
+from darkhalo.profiles import pixel_coords_arcsec
 from darkhalo.psf import moffat_kernels
 from darkhalo.stamps import stamps_from_native
 from darkhalo.survey import simulate_parents, sky_patches, survey_config
-from darkhalo.visibility import (arc_visibility, arc_visibility_snr, centre_galaxy, moffat_mge,
-                                 pixel_coords_arcsec, sersic_mge, tier)
+from darkhalo.visibility import arc_visibility, arc_visibility_snr, centre_galaxy, moffat_mge, sersic_mge, tier
 
 THETA_E = 1.5
 
