@@ -35,6 +35,7 @@ class GatesConfig:
     batch_rows: int = 256                     # stamps per streamed pixel chunk
     brightness_quantile: float = 0.95         # brightness support: the positives' arc-S/N quantile ...
     brightness_max_frac_above: float = 0.05   # ... above which at most this fraction of hard negatives may lie
+    pairing_key: str = ""                     # column pairing positives and controls; "": parent_id when present
 
     @property
     def normalization(self) -> Normalization:
