@@ -96,6 +96,7 @@ def test_clean_legacy_manifest_passes_with_no_options(gates_project, legacy_tabl
     report = (out / "data_gates.md").read_text()
     assert "**Verdict: PASS**" in report and "(legacy layout)" in report
     assert "not evaluated (absent): psfsize_g" in report and "Not evaluated (no pairing key): parent, pairs" in report
+    assert "**Pairing**: no pairing key" in report
 
 
 def test_brighter_cores_fail_1_6_and_1_8_unpaired(gates_project, tmp_path, capsys):
@@ -203,7 +204,8 @@ def test_a_pairing_key_named_in_params_is_used(gates_project, legacy_table, tmp_
     rc, metrics, _ = audit(params, table, tmp_path, "keyed")
     assert rc == 0, capsys.readouterr().err
     assert metrics["pairing_key"] == "lens_id"
-    assert metrics["gates"]["split:pairs"]["verdict"] == "pass" and metrics["gates"]["split:parent"]["verdict"] == "pass"
+    gates = metrics["gates"]
+    assert gates["split:pairs"]["verdict"] == "pass" and gates["split:parent"]["verdict"] == "pass"
     missing = write_params(tmp_path / "missing.yaml", gates_params(pairing_key="pair_uid"))
     with pytest.raises(ValueError, match=r"gates.pairing_key = 'pair_uid' is not a column of the manifest"):
         audit(missing, legacy_table, tmp_path, "nokey")

@@ -164,6 +164,10 @@ class Audit:
                        f"({worst_s.check}); " + (f"outside tolerance: {', '.join(bad)}." if bad else
                                                   "every column within tolerance.")
                        + (f" {NOT_EVALUATED_ABSENT}: {', '.join(absent)}." if absent else ""))
+        if self.extra.get("pairing_key") is None and self.layout != "metadata":
+            out.append("**Pairing**: no pairing key (no parent_id, gates.pairing_key unset): 1.6 cross-fitted with "
+                       "folds grouped by sky region, 1.8's interval a bootstrap within each class; the split checks "
+                       "that need pairs are not evaluated.")
         for r in by_gate.get("1.6", []):
             if r.verdict == "pass":
                 out.append(f"**Core-only baseline (1.6)**: {report.describe(r)} — no core shortcut detected within "
@@ -355,7 +359,8 @@ def build_tables(scan: Scan, rows: RowContracts, config: GatesConfig, split: Spl
     schema_frame = schema_table(scan, config.stamp_size_pix, need_pixels=need_pixels)
     extra["schema"] = schema_frame
     tables["schema"] = TableSpec.from_frame(schema_frame)
-    ids = [c for c in dict.fromkeys(("task_id", "parent_id", scan.pair_key, "replicate", "is_control")) if c in present]
+    ids = [c for c in dict.fromkeys(("task_id", "parent_id", scan.pair_key, "replicate", "is_control"))
+           if c in present]
     row_columns = {c: (lambda c=c: _np(meta, c)) for c in ids}
     row_columns.update({flag_column(c): (lambda ok=ok: ok) for c, ok in rows.flags.items()})
     tables["rows"] = TableSpec(row_columns)
@@ -392,7 +397,8 @@ def build_tables(scan: Scan, rows: RowContracts, config: GatesConfig, split: Spl
         if scan.pair_key is not None:
             parent = id_codes(meta, scan.pair_key)
             parent = parent if all_survive else parent[survive]
-            replicate = surv("replicate").astype(np.int64) if "replicate" in present else np.zeros(parent.size, np.int64)
+            replicate = (surv("replicate").astype(np.int64) if "replicate" in present
+                         else np.zeros(parent.size, np.int64))
             frames["parents"] = parent_table(parent, codes)
             frames["pairs"] = pair_table(parent, replicate, surv("is_control").astype(np.int8))
         extra.update(frames, n_pixels=int(frames["pixels"].shape[0]))
@@ -523,7 +529,8 @@ def fold_groups(scan: Scan, rows_idx: np.ndarray, nside: int) -> tuple[str, np.n
                                                  _np(meta, "dec", np.float64)[rows_idx], nside)
     if "brickname" in meta.column_names:
         return "brickname", id_codes(meta, "brickname")[rows_idx]
-    raise NotEnoughData("needs a pairing key (parent_id or gates.pairing_key) or a sky position (ra/dec or brickname)")
+    raise NotEnoughData("needs a pairing key (parent_id or gates.pairing_key) or a sky position "
+                        "(ra/dec or brickname)")
 
 
 def _core_scores(scan: Scan, sample, survive: np.ndarray, config: GatesConfig, nside: int):
