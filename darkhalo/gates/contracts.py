@@ -171,9 +171,9 @@ def id_codes(meta: pa.Table, key: str) -> np.ndarray:
     return pc.fill_null(column.cast(pa.int64()), -1).to_numpy(zero_copy_only=False)
 
 
-def _pair_partners(meta: pa.Table, primary: np.ndarray, key: str | None) -> np.ndarray:
+def _pair_partners(meta: pa.Table, primary: np.ndarray, pair_key: str | None) -> np.ndarray:
     """Rows sharing (pairing key, replicate) with a primary-quarantined row (null ids form their own group)."""
-    if not primary.any() or key is None:
+    if not primary.any() or pair_key is None:
         return np.zeros(primary.size, bool)
 
     def ids(name):
@@ -181,7 +181,7 @@ def _pair_partners(meta: pa.Table, primary: np.ndarray, key: str | None) -> np.n
             return np.zeros(primary.size, np.int64)
         values = id_codes(meta, name)
         return values - values.min()                  # non-negative
-    parent, rep = ids(key), ids("replicate")
+    parent, rep = ids(pair_key), ids("replicate")
     width = int(rep.max()) + 1
     if parent.max() < (1 << 62) // width:
         key = parent * width + rep
