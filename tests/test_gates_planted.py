@@ -99,8 +99,9 @@ def test_nan_pixels_with_cutout_ok_fail_the_contract_naming_the_row(gates_projec
     err = capsys.readouterr().err
     assert rc == 1 and "1.2:finite" in failed(metrics)
     line = next(l for l in err.splitlines() if l.startswith("GATE 1.2 FAILED [nanfail] finite"))
-    assert "1 of 640 rows" in line and f"task_id {task_id} " in line and "image_r/invvar_r: 12 non-finite px" in line
-    assert "region_split=" in line and "part-0.parquet row" in line
+    assert "1 of 640 rows" in line and f"(task_id {task_id}, parent_id " in line
+    assert "image_r/invvar_r: 12 non-finite px" in line
+    assert "region_split=" in line and "part-0.parquet: row " in line
 
 
 def test_nan_row_is_quarantined_with_its_partner_under_the_default_policy(gates_project, clean_table, tmp_path):
@@ -132,7 +133,7 @@ def test_missing_band_fails_the_band_contract(gates_project, clean_table, tmp_pa
     rc, metrics, _ = audit(gates_project, table, tmp_path, "noband", "--policy", "fail")
     err = capsys.readouterr().err
     assert rc == 1 and failed(metrics) == {"1.2:bands", "contract:quarantine_fraction"}   # policy fail: 0 allowed
-    assert f"task_id {clean_table.column('task_id')[11].as_py()} " in err and "missing image_g" in err
+    assert f"(task_id {clean_table.column('task_id')[11].as_py()}, parent_id " in err and "missing image_g" in err
 
 
 def test_inverted_split_fails_the_fraction_gate(gates_project, clean_table, tmp_path, capsys):

@@ -12,7 +12,7 @@ quarantine     one row: rows, quarantined rows, quarantined fraction
 survivors      rows that survive quarantine: ids, quality columns (1.1), assignment agreement
 physics_*      survivors' injection physics columns, positives (value ranges, set) and controls (null)
 split_values   one row per distinct region_split value (only train, val, test allowed)
-stamps         survivors' per-stamp pixel statistics (1.5, 1.8)
+stamps         survivors' per-stamp pixel statistics (1.5, 1.8) and ``pair_key`` (1.8's clusters; NaN unpaired)
 core_scores    out-of-fold core-only classifier scores of the sampled survivors (1.6)
 core_scores_input  the same on the generation's model input (1.6, what the network sees)
 pixels         one row per occupied HEALPix pixel (disjointness, guard band)
@@ -20,6 +20,12 @@ parents        one row per parent (one split each)
 pairs          one row per (parent_id, replicate) (pairs intact)
 fractions      one row per split (declared fractions)
 =============  ===========================================================================
+
+Pairing: the pairing key is ``gates.pairing_key`` or, when that is "", ``parent_id`` if the
+manifest has it.  Without one (the users' legacy layout: controls are other LRG cutouts)
+the gates run unpaired: 1.6 cross-fits with folds grouped by sky region (the HEALPix
+pixel of ra/dec, else ``brickname``), 1.8's interval is a bootstrap within each class,
+and the split checks that need pairs (parents, pairs, assignment) are not evaluated.
 """
 from __future__ import annotations
 
@@ -39,13 +45,16 @@ from . import report
 from .report import MODEL_INPUT_GATES
 from .columns import PHYSICS_RANGES, QUALITY_COLUMNS
 from .config import GATE_FAMILIES, GatesConfig
-from .contracts import ROW_CONTRACTS, RowContracts, evaluate_rows, flag_column, quarantine_table, schema_table
+from .contracts import (ROW_CONTRACTS, RowContracts, evaluate_rows, flag_column, id_codes, quarantine_table,
+                        schema_table)
 from .core_baseline import NotEnoughData, out_of_fold_scores
 from .scan import Scan, read_column, scan_manifest
 from .splits import assignment_agreement, fraction_table, pair_table, parent_table, pixel_table, recompute_pixels
 from .stats import wilson_interval
 from .suites import DEFAULT_DIR, NORM_STATS, load_suite_docs
-from .validate import GateResult, TableSpec, run_suites
+from .validate import NOT_EVALUATED_ABSENT, GateResult, TableSpec, run_suites
+
+NO_PAIRING = "not evaluated (no pairing key: no parent_id column and gates.pairing_key unset)"
 
 # Columns shown for an offending row of the tables kept as frames (failure lines, report).
 REPORT_COLUMNS = {"schema": ["column", "kind", "expected_kind", "note"],
@@ -149,10 +158,16 @@ class Audit:
             worst_d = max(rs, key=lambda r: _num(report.summary(r)["statistic"].get("ks_d")))
             worst_s = max(rs, key=lambda r: abs(_num(report.summary(r)["statistic"].get("smd"))))
             bad = [r.check for r in by_gate[gate] if r.verdict == "fail"]
+            absent = [r.check for r in by_gate[gate] if r.reason.startswith(NOT_EVALUATED_ABSENT)]
             out.append(f"**{name}**: largest KS D = {_num(report.summary(worst_d)['statistic']['ks_d']):.3f} "
                        f"({worst_d.check}), largest |SMD| = {abs(_num(report.summary(worst_s)['statistic']['smd'])):.3f} "
                        f"({worst_s.check}); " + (f"outside tolerance: {', '.join(bad)}." if bad else
-                                                  "every column within tolerance."))
+                                                  "every column within tolerance.")
+                       + (f" {NOT_EVALUATED_ABSENT}: {', '.join(absent)}." if absent else ""))
+        if self.extra.get("pairing_key") is None and self.layout != "metadata":
+            out.append("**Pairing**: no pairing key (no parent_id, gates.pairing_key unset): 1.6 cross-fitted with "
+                       "folds grouped by sky region, 1.8's interval a bootstrap within each class; the split checks "
+                       "that need pairs are not evaluated.")
         for r in by_gate.get("1.6", []):
             if r.verdict == "pass":
                 out.append(f"**Core-only baseline (1.6)**: {report.describe(r)} — no core shortcut detected within "
@@ -177,9 +192,11 @@ class Audit:
         if fr is not None:
             achieved = "/".join(f"{f:.3f}" for f in fr["fraction"])
             declared = "/".join(f"{f:.3f}" for f in fr["declared_fraction"])
+            unpaired = [r.check for r in by_gate.get("split", []) if r.reason == NO_PAIRING]
             out.append(f"**Split (region-disjoint)**: train/val/test fractions {achieved} (declared {declared}), "
                        f"{self.extra.get('n_pixels', 0)} occupied NSIDE={self.split.nside} pixels; "
-                       + (f"failed: {', '.join(split_bad)}." if split_bad else "every split check holds."))
+                       + (f"failed: {', '.join(split_bad)}." if split_bad else "every split check holds.")
+                       + (f" Not evaluated (no pairing key): {', '.join(unpaired)}." if unpaired else ""))
         else:
             out.append(f"**Split**: not evaluated ({self.extra.get('split_error', 'no split columns')}).")
         return out
@@ -191,6 +208,9 @@ class Audit:
             "blocking_families": list(self.blocking), "verdict": "pass" if self.passed else "fail",
             "stops_pipeline": bool(self.stopping), "n_gates": self.counts(),
             "failed": [r.id for r in self.failed], "blocking_failed": [r.id for r in self.stopping],
+            "pairing_key": self.extra.get("pairing_key"),
+            "not_evaluated": {r.id: r.reason for r in self.results
+                              if r.verdict == "skipped" and r.reason.startswith("not evaluated")},
             "model_input": self.extra.get("input_spec"), "n_rows": self.n_rows, "n_positive": self.n_positive,
             "n_control": self.n_control, "class_balance": self.balance, "quarantine": self.quarantine_summary(),
             "normalization": self.config.normalization.to_dict(), "core_radius_pix": self.config.core_radius_pix,
@@ -264,7 +284,7 @@ def run_audit(uri: str, config: GatesConfig, split: SplitSpec, *, assignment=Non
     scan = scan_manifest(uri, config.normalization, stamp_size_pix=config.stamp_size_pix,
                          core_radius_pix=config.core_radius_pix, core_max_stamps=config.core_max_stamps,
                          seed=config.seed, batch_rows=config.batch_rows, read_pixels=not metadata_only,
-                         input_spec=input_spec)
+                         input_spec=input_spec, pairing=config.pairing_key)
     rows = evaluate_rows(scan, config.stamp_size_pix, config.noise_from_psfdepth)
     unmet = {}
     if metadata_only:
@@ -274,6 +294,11 @@ def run_audit(uri: str, config: GatesConfig, split: SplitSpec, *, assignment=Non
                                    "use --metadata-only to audit metadata alone")
     if assignment is None:
         unmet["assignment"] = ("skipped", "no split assignment table given")
+    elif "parent_id" not in scan.meta.column_names:
+        unmet["assignment"] = ("skipped", "not evaluated (the assignment table is keyed by parent_id, which the "
+                                          "manifest lacks)")
+    if scan.pair_key is None:
+        unmet["pairing"] = ("skipped", NO_PAIRING)
     if input_spec is None:
         unmet["model_input"] = ("skipped", "no model-input preprocessing given (raw-pixel figures only)")
     tables, errors, extra = build_tables(scan, rows, config, split, assignment, need_pixels=not metadata_only)
@@ -300,6 +325,7 @@ def run_audit(uri: str, config: GatesConfig, split: SplitSpec, *, assignment=Non
             balance[name] = {"n_positive": int((sel & (is_control == 0)).sum()),
                              "n_control": int((sel & (is_control == 1)).sum())}
     extra["input_spec"] = input_spec.to_dict() if input_spec is not None else None
+    extra["pairing_key"] = scan.pair_key
     return Audit(generation, label, uri, scan.layout, config, split, blocking, results, quarantine_table(scan, rows),
                  meta.num_rows, n_pos, n_ctrl, balance, rows, extra)
 
@@ -333,7 +359,8 @@ def build_tables(scan: Scan, rows: RowContracts, config: GatesConfig, split: Spl
     schema_frame = schema_table(scan, config.stamp_size_pix, need_pixels=need_pixels)
     extra["schema"] = schema_frame
     tables["schema"] = TableSpec.from_frame(schema_frame)
-    ids = [c for c in ("task_id", "parent_id", "replicate", "is_control") if c in present]
+    ids = [c for c in dict.fromkeys(("task_id", "parent_id", scan.pair_key, "replicate", "is_control"))
+           if c in present]
     row_columns = {c: (lambda c=c: _np(meta, c)) for c in ids}
     row_columns.update({flag_column(c): (lambda ok=ok: ok) for c, ok in rows.flags.items()})
     tables["rows"] = TableSpec(row_columns)
@@ -351,8 +378,8 @@ def build_tables(scan: Scan, rows: RowContracts, config: GatesConfig, split: Spl
     else:
         tables["split_values"] = TableSpec({})
 
-    # split tables and agreement flags (on survivors)
-    split_needs = [c for c in ("parent_id", "replicate", "is_control", "ra", "dec") if c not in present]
+    # split tables and agreement flags (on survivors); parents and pairs need the pairing key
+    split_needs = [c for c in ("is_control", "ra", "dec") if c not in present]
     if names is None:
         split_needs.append("region_split")
     agree_split = agree_pixel = None
@@ -364,16 +391,23 @@ def build_tables(scan: Scan, rows: RowContracts, config: GatesConfig, split: Spl
     else:
         codes = _codes(names)
         codes = codes if all_survive else codes[survive]
-        parent = surv("parent_id").astype(np.int64)
         pix = recompute_pixels(surv("ra", np.float64), surv("dec", np.float64), split.nside)
         frames = {"pixels": pixel_table(pix, codes, split.nside, split.guard_rings),
-                  "parents": parent_table(parent, codes),
-                  "pairs": pair_table(parent, surv("replicate").astype(np.int64), surv("is_control").astype(np.int8)),
                   "fractions": fraction_table(codes, split.declared)}
+        if scan.pair_key is not None:
+            parent = id_codes(meta, scan.pair_key)
+            parent = parent if all_survive else parent[survive]
+            replicate = (surv("replicate").astype(np.int64) if "replicate" in present
+                         else np.zeros(parent.size, np.int64))
+            frames["parents"] = parent_table(parent, codes)
+            frames["pairs"] = pair_table(parent, replicate, surv("is_control").astype(np.int8))
         extra.update(frames, n_pixels=int(frames["pixels"].shape[0]))
         for name, frame in frames.items():
             tables[name] = TableSpec.from_frame(frame)
-        agree_split, agree_pix_assign = assignment_agreement(parent, codes, pix, assignment)
+        parent_ids = surv("parent_id").astype(np.int64) if "parent_id" in present else np.zeros(pix.size, np.int64)
+        agree_split, agree_pix_assign = assignment_agreement(parent_ids, codes, pix, assignment)
+        if "parent_id" not in present:
+            agree_split = None                         # split:assignment is not evaluated (run_audit: unmet)
         extra["survivor_rows"] = np.flatnonzero(survive)
         stored = col("healpix_pixel")
         if stored is not None or assignment is not None:
@@ -417,6 +451,7 @@ def build_tables(scan: Scan, rows: RowContracts, config: GatesConfig, split: Spl
     px = scan.pixels
     if px is not None:
         stamp_columns = {c: (lambda c=c: surv(c, fresh=True)) for c in ids}
+        stamp_columns["pair_key"] = lambda: _pair_clusters(scan, survive)
         for stat in NORM_STATS + ("core_flux_nmgy",):
             for j, b in enumerate(BANDS):
                 stamp_columns[f"{stat}_{b}"] = (lambda stat=stat, j=j: (getattr(px, stat)[:, j] if all_survive
@@ -430,7 +465,7 @@ def build_tables(scan: Scan, rows: RowContracts, config: GatesConfig, split: Spl
                 tables[name] = TableSpec({})
                 continue
             try:
-                scores_frame = _core_scores(scan, sample, survive, config)
+                scores_frame = _core_scores(scan, sample, survive, config, split.nside)
                 extra[f"{name}_n"] = int(scores_frame.shape[0])
                 tables[name] = TableSpec({c: (lambda c=c, f=scores_frame: f[c].to_numpy())
                                           for c in scores_frame.columns})
@@ -476,22 +511,44 @@ def brightness_support(scan: Scan, rows: RowContracts, hard_negatives: str, conf
                          "positive_arc_snr_p50": [float(np.median(snr))]})
 
 
-def _core_scores(scan: Scan, sample, survive: np.ndarray, config: GatesConfig):
-    """Out-of-fold core-only scores of the sampled surviving stamps (gate 1.6) from ``sample`` (a CoreSample)."""
+def _pair_clusters(scan: Scan, survive: np.ndarray) -> np.ndarray:
+    """Gate 1.8's clusters per surviving row: the pairing key's ids, or NaN (no pairing key: bootstrap interval)."""
+    if scan.pair_key is None:
+        return np.full(int(survive.sum()), np.nan)
+    return id_codes(scan.meta, scan.pair_key)[survive]
+
+
+def fold_groups(scan: Scan, rows_idx: np.ndarray, nside: int) -> tuple[str, np.ndarray]:
+    """(name, int64 group per row) keeping related stamps in one fold of gate 1.6: the pairing key; unpaired,
+    the sky region -- the NESTED HEALPix pixel (``nside``) of ra/dec (deg), else ``brickname``."""
+    meta = scan.meta
+    if scan.pair_key is not None:
+        return scan.pair_key, id_codes(meta, scan.pair_key)[rows_idx]
+    if {"ra", "dec"} <= set(meta.column_names):
+        return "healpix_pixel", recompute_pixels(_np(meta, "ra", np.float64)[rows_idx],
+                                                 _np(meta, "dec", np.float64)[rows_idx], nside)
+    if "brickname" in meta.column_names:
+        return "brickname", id_codes(meta, "brickname")[rows_idx]
+    raise NotEnoughData("needs a pairing key (parent_id or gates.pairing_key) or a sky position "
+                        "(ra/dec or brickname)")
+
+
+def _core_scores(scan: Scan, sample, survive: np.ndarray, config: GatesConfig, nside: int):
+    """Out-of-fold core-only scores of the sampled surviving stamps (gate 1.6) from ``sample`` (a CoreSample);
+    folds grouped by ``fold_groups``."""
     import pandas as pd
 
     meta = scan.meta
-    for c in ("parent_id", "is_control"):
-        if c not in meta.column_names:
-            raise NotEnoughData(f"needs column {c}")
+    if "is_control" not in meta.column_names:
+        raise NotEnoughData("needs column is_control")
     keep = survive[sample.rows]
     rows_idx = sample.rows[keep]
     features = sample.features[keep]
-    parent = _np(meta, "parent_id").astype(np.int64)[rows_idx]
+    group_name, groups = fold_groups(scan, rows_idx, nside)
     is_control = _np(meta, "is_control").astype(np.int8)[rows_idx]
-    scores = out_of_fold_scores(features, is_control == 0, parent, n_folds=config.core_folds,
+    scores = out_of_fold_scores(features, is_control == 0, groups, n_folds=config.core_folds,
                                 l2_c=config.core_l2_c, seed=config.seed)
-    frame = pd.DataFrame({"parent_id": parent, "is_control": is_control, "core_only_score": scores})
+    frame = pd.DataFrame({group_name: groups, "is_control": is_control, "core_only_score": scores})
     if "task_id" in meta.column_names:
         frame.insert(0, "task_id", _np(meta, "task_id")[rows_idx])
     if "replicate" in meta.column_names:
@@ -505,13 +562,17 @@ def _add_examples(results: list[GateResult], scan: Scan, rows: RowContracts, ext
         if r.verdict != "fail" or r.reason:
             continue
         if r.id in ROW_CONTRACTS:
-            bad = np.flatnonzero(~rows.flags[r.id])[:5]
-            task = _np(scan.meta, "task_id")
-            parent = _np(scan.meta, "parent_id")
-            for i in bad:
-                r.examples.append(f"task_id {task[i] if task is not None else '?'} (parent_id "
-                                  f"{parent[i] if parent is not None else '?'}, {scan.files[scan.file_index[i]]} "
-                                  f"row {scan.row_in_file[i]}): {rows.details[r.id][i]}")
+            for i in np.flatnonzero(~rows.flags[r.id])[:5]:
+                r.examples.append(f"{scan.row_label(i)}: {rows.details[r.id][i]}")
+            continue
+        if r.table == "rows" and r.kwargs.get("column") in scan.meta.column_names:
+            column = scan.meta.column(r.kwargs["column"])
+            values = column.to_pandas()
+            unique = r.kind == "expect_column_values_to_be_unique"
+            bad = values.duplicated(keep=False) if unique else values.notna() & ~values.isin(r.kwargs["value_set"])
+            for i in np.flatnonzero(bad.to_numpy())[:5]:
+                r.examples.append(f"{scan.row_label(i)}: column {r.kwargs['column']} = {column[int(i)].as_py()!r}"
+                                  + (" (duplicate)" if unique else ""))
             continue
         if r.id in ("split:assignment", "split:healpix_pixel") and r.id in extra:
             rows_idx = extra["survivor_rows"][np.flatnonzero(~extra[r.id])[:3]]

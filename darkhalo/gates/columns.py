@@ -4,6 +4,10 @@ The gates rely only on: survey catalogue columns, ``region_split``,
 ``healpix_pixel``, ``task_id``, ``parent_id``, ``replicate``, ``is_control``,
 the pixel columns and (for value-range contracts, when present) the injection
 physics columns below.  Units are in the names (docs/domain.md).
+
+The users' legacy layout (``stamp_npz`` pixels, docs/domain.md) has no pairing key:
+``parent_id`` and ``replicate`` are required of the native layout only, and ``task_id``
+may be an integer or a string in either.
 """
 from __future__ import annotations
 
@@ -11,13 +15,17 @@ from ..units import BANDS
 
 SPLIT_NAMES = ("train", "val", "test")
 
-# Required metadata columns and their kind ("int", "float", "string").
+# Required metadata columns and their kind ("int", "float", "string"; "int|string": either).
 REQUIRED_COLUMNS = {
-    "task_id": "int", "parent_id": "int", "replicate": "int", "is_control": "int", "region_split": "string",
+    "task_id": "int|string", "is_control": "int", "region_split": "string",
     "ra": "float", "dec": "float", "bandset": "string", "stamp_size": "int", "cutout_ok": "int",
 }
+# Pairing columns: required of the native layout, optional in the legacy layout.
+PAIR_COLUMNS = {"parent_id": "int", "replicate": "int"}
 # Optional columns read when present.
 OPTIONAL_COLUMNS = {"healpix_pixel": "int", **{f"psfdepth_{b}": "float" for b in BANDS}}
+# Read when present, not schema-checked: the sky region grouping gate 1.6's folds without ra/dec.
+SKY_GROUP_COLUMNS = ("brickname",)
 
 # Gate 1.1: observing-quality columns whose distributions must match between classes.
 QUALITY_COLUMNS = ("bad_pixel_frac", "psfsize_g", "psfsize_r", "psfsize_z", "psfdepth_g", "psfdepth_r",
@@ -44,6 +52,17 @@ PHYSICS_RANGES = {
 # Injection parameters that a control (no injection) must leave null.
 INJECTION_COLUMNS = ("theta_e_arcsec", "lens_q", "src_reff_arcsec", "src_flux_nmgy_r", "arc_snr",
                      "total_injected_flux_r")
+
+
+def pairing_key(names, configured: str, uri: str) -> str | None:
+    """The column pairing a positive with its control(s): ``gates.pairing_key`` when set (it must
+    exist), else ``parent_id`` when present, else None (the gates run unpaired)."""
+    if configured:
+        if configured not in names:
+            raise ValueError(f"{uri}: gates.pairing_key = {configured!r} is not a column of the manifest "
+                             f"(columns: {', '.join(sorted(names))})")
+        return configured
+    return "parent_id" if "parent_id" in names else None
 
 
 def kind_of(arrow_type) -> str:

@@ -24,7 +24,7 @@ class GatesConfig:
     norm_max_abs_smd: float = 0.1
     core_radius_pix: float = 4.0              # gates 1.6 and 1.8: the central r < k px
     core_auc_tolerance: float = 0.05          # gate 1.6: |AUC - 0.5| <= this
-    core_folds: int = 5                       # gate 1.6: cross-fitting folds, grouped by parent_id
+    core_folds: int = 5                       # gate 1.6: cross-fitting folds, grouped by pairing key / sky region
     core_max_stamps: int = 20000              # gate 1.6: stamps sampled (by parent) for the classifier
     core_l2_c: float = 1.0                    # gate 1.6: inverse L2 strength of the logistic regression
     core_flux_ratio_eps: float = 0.05         # gate 1.8: ratio within [1 - eps, 1 + eps]
@@ -35,6 +35,7 @@ class GatesConfig:
     batch_rows: int = 256                     # stamps per streamed pixel chunk
     brightness_quantile: float = 0.95         # brightness support: the positives' arc-S/N quantile ...
     brightness_max_frac_above: float = 0.05   # ... above which at most this fraction of hard negatives may lie
+    pairing_key: str = ""                     # column pairing positives and controls; "": parent_id when present
 
     @property
     def normalization(self) -> Normalization:

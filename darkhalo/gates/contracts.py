@@ -10,11 +10,13 @@ Row contracts (one bool per row, True = satisfied):
 ``1.4:noise``      per band: a valid invvar plane (finite, >= 0, > 0 on unmasked pixels,
                    not all zero), or -- if allowed -- ``psfdepth_<band>`` > 0 when no plane is stored
 ``contract:cutout_ok``  ``cutout_ok`` is 1
+``contract:sky``   ``ra`` and ``dec`` (deg) finite, |dec| <= 90 (the row has a HEALPix pixel)
 =================  =====================================================================
 
 Under policy ``quarantine`` a row failing any contract, and the other rows of
-its (parent_id, replicate) pair, go to the quarantine list; every dataset-level
-gate then runs on the surviving rows.
+its (pairing key, replicate) pair, go to the quarantine list; every dataset-level
+gate then runs on the surviving rows.  Without a pairing key (the users' legacy
+layout) only the failing row is quarantined.
 """
 from __future__ import annotations
 
@@ -26,10 +28,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..units import BANDS
-from .columns import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, kind_of
+from .columns import OPTIONAL_COLUMNS, PAIR_COLUMNS, REQUIRED_COLUMNS, kind_of
 from .scan import Scan
 
-ROW_CONTRACTS = ("1.2:bandset", "1.2:shape", "1.2:bands", "1.2:finite", "1.4:noise", "contract:cutout_ok")
+ROW_CONTRACTS = ("1.2:bandset", "1.2:shape", "1.2:bands", "1.2:finite", "1.4:noise", "contract:cutout_ok",
+                 "contract:sky")
 PIXEL_CONTRACTS = ("1.2:bands", "1.2:finite", "1.4:noise")
 PARTNER = "pair_partner_quarantined"
 
@@ -103,6 +106,7 @@ def evaluate_rows(scan: Scan, stamp_size_pix: int, noise_from_psfdepth: bool) ->
     flags["contract:cutout_ok"] = _eq(cutout.cast(pa.int64()) if cutout is not None else None, 1, n)
     details["contract:cutout_ok"] = _explain(~flags["contract:cutout_ok"], lambda i, v=_lazy(cutout):
                                              f"cutout_ok = {v()[i]!r}" if cutout is not None else "cutout_ok column missing")
+    flags["contract:sky"], details["contract:sky"] = _sky(meta, n)
     if px is not None:
         decodable = px.shape_ok
         flags["1.2:bands"] = px.present.all(axis=1) | ~decodable
@@ -131,8 +135,26 @@ def evaluate_rows(scan: Scan, stamp_size_pix: int, noise_from_psfdepth: bool) ->
     primary = np.zeros(n, bool)
     for ok in flags.values():
         primary |= ~ok
-    quarantined = primary | _pair_partners(meta, primary)
+    quarantined = primary | _pair_partners(meta, primary, scan.pair_key)
     return RowContracts(flags, details, primary, quarantined)
+
+
+def _sky(meta: pa.Table, n: int) -> tuple[np.ndarray, dict[int, str]]:
+    """Contract ``contract:sky``: ra/dec (deg) finite and |dec| <= 90; absent columns are the schema's concern."""
+    ok = np.ones(n, bool)
+    values = {}
+    for name in ("ra", "dec"):
+        column = _column(meta, name)
+        if column is None:
+            continue
+        values[name] = pc.fill_null(column.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+        with np.errstate(invalid="ignore"):
+            ok &= np.isfinite(values[name]) & ((name == "ra") | (np.abs(values[name]) <= 90.0))
+
+    def message(i):
+        return "; ".join(f"column {name} = {float(v[i])!r}" for name, v in values.items()
+                         if not np.isfinite(v[i]) or (name == "dec" and abs(v[i]) > 90.0))
+    return ok, _explain(~ok, message)
 
 
 def _explain(bad: np.ndarray, message) -> dict[int, str]:
@@ -140,17 +162,26 @@ def _explain(bad: np.ndarray, message) -> dict[int, str]:
     return {int(i): message(int(i)) for i in np.flatnonzero(bad)}
 
 
-def _pair_partners(meta: pa.Table, primary: np.ndarray) -> np.ndarray:
-    """Rows sharing (parent_id, replicate) with a primary-quarantined row (null ids form their own group)."""
-    if not primary.any() or "parent_id" not in meta.column_names:
+def id_codes(meta: pa.Table, key: str) -> np.ndarray:
+    """int64 per row of an id column (pairing key, brickname): its own values when integer, else codes of its
+    distinct values; null -> -1."""
+    column = meta.column(key)
+    if not pa.types.is_integer(column.type):
+        column = pc.dictionary_encode(column.combine_chunks()).indices
+    return pc.fill_null(column.cast(pa.int64()), -1).to_numpy(zero_copy_only=False)
+
+
+def _pair_partners(meta: pa.Table, primary: np.ndarray, pair_key: str | None) -> np.ndarray:
+    """Rows sharing (pairing key, replicate) with a primary-quarantined row (null ids form their own group)."""
+    if not primary.any() or pair_key is None:
         return np.zeros(primary.size, bool)
 
     def ids(name):
         if name not in meta.column_names:
             return np.zeros(primary.size, np.int64)
-        values = pc.fill_null(meta.column(name).cast(pa.int64()), -1).to_numpy(zero_copy_only=False)
+        values = id_codes(meta, name)
         return values - values.min()                  # non-negative
-    parent, rep = ids("parent_id"), ids("replicate")
+    parent, rep = ids(pair_key), ids("replicate")
     width = int(rep.max()) + 1
     if parent.max() < (1 << 62) // width:
         key = parent * width + rep
@@ -165,15 +196,16 @@ def quarantine_table(scan: Scan, rows: RowContracts) -> pa.Table:
 
     Columns: task_id, parent_id, replicate, is_control, reason (contract ids,
     '; '-joined, or 'pair_partner_quarantined'), detail (columns and counts),
-    source_file, row_in_file.
+    source_file, row_in_file.  Integer ids are int64; string ids keep their type.
     """
     idx = np.flatnonzero(rows.quarantined)
     meta = scan.meta
 
     def col(name, dtype):
-        if name in meta.column_names:
-            return meta.column(name).take(pa.array(idx)).cast(dtype)
-        return pa.nulls(idx.size, dtype)
+        if name not in meta.column_names:
+            return pa.nulls(idx.size, dtype)
+        column = meta.column(name).take(pa.array(idx))
+        return column.cast(dtype) if pa.types.is_integer(column.type) or pa.types.is_boolean(column.type) else column
     reasons, details = [], []
     for i in idx:
         failed = [c for c in ROW_CONTRACTS if c in rows.flags and not rows.flags[c][i]]
@@ -196,6 +228,8 @@ def schema_table(scan: Scan, stamp_size_pix: int, need_pixels: bool):
 
     schema = scan.schema
     expected = dict(REQUIRED_COLUMNS)
+    optional = dict(OPTIONAL_COLUMNS)
+    (optional if scan.layout == "legacy" else expected).update(PAIR_COLUMNS)
     if need_pixels:
         if scan.layout == "legacy":
             expected["stamp_npz"] = "binary"
@@ -205,7 +239,7 @@ def schema_table(scan: Scan, stamp_size_pix: int, need_pixels: bool):
     for name, want in expected.items():
         present = name in schema.names
         kind = kind_of(schema.field(name).type) if present else "absent"
-        ok = present and (kind == want or (want == "int" and kind == "bool"))
+        ok = present and (kind in want.split("|") or (want == "int" and kind == "bool"))
         note = ""
         if ok and kind == "tensor":
             shape = list(schema.field(name).type.shape)
@@ -213,7 +247,7 @@ def schema_table(scan: Scan, stamp_size_pix: int, need_pixels: bool):
             note = f"shape {shape}"
         records.append({"column": name, "present": present, "kind": kind, "expected_kind": want,
                         "note": note, "ok": bool(ok)})
-    for name, want in OPTIONAL_COLUMNS.items():
+    for name, want in optional.items():
         if name in schema.names:
             kind = kind_of(schema.field(name).type)
             records.append({"column": name, "present": True, "kind": kind, "expected_kind": want, "note": "optional",

@@ -1,10 +1,12 @@
-"""Gate 1.6: a core-only baseline classifier, cross-fitted with folds grouped by parent.
+"""Gate 1.6: a core-only baseline classifier, cross-fitted with folds grouped by parent (or sky region).
 
 Features are the central r < k px of every band (asinh of the unclipped,
 robust-normalised pixels: darkhalo.gates.scan).  A standardised, L2-regularised
 logistic regression (scikit-learn) is fitted on all folds but one and scores the
-held-out fold; folds are drawn per ``parent_id``, so a positive, its control and
-all replicates of a parent are always held out together and pairs cannot leak.
+held-out fold; folds are drawn per group -- ``parent_id`` (the pairing key), so a
+positive, its control and all replicates of a parent are always held out together
+and pairs cannot leak; without a pairing key the sky region
+(``darkhalo.gates.audit.fold_groups``), so neighbouring stamps cannot leak.
 The out-of-fold scores go to the GX expectation that computes the AUC and its
 DeLong interval.
 """

@@ -8,7 +8,8 @@ are defined here, each with a pandas metric:
 * ``ExpectColumnRocAucToBeBetween`` (gate 1.6): ROC AUC of a score column
   against the class, with its DeLong interval;
 * ``ExpectColumnGroupMeanRatioToBeBetween`` (gate 1.8): mean over positives /
-  mean over controls, with a cluster-robust interval (clusters = parents).
+  mean over controls, with a cluster-robust interval (clusters = pairs), or a
+  bootstrap interval when the cluster column is all NaN (no pairing key).
 
 Importing this module imports GX (seconds); only the validating code does.
 Tolerances arrive as ``$PARAMETER`` references resolved at validation time.
@@ -96,7 +97,10 @@ class GroupMeanRatio(TableMetricProvider):
                                               metric_value_kwargs["positive_value"])
         clusters = df[metric_value_kwargs["cluster_column"]].to_numpy()
         p, c = keep & is_pos, keep & ~is_pos
-        ratio, (lo, hi) = ratio_of_means(values[p], clusters[p], values[c], clusters[c])
+        if clusters.dtype.kind == "f" and np.isnan(clusters).all():       # unpaired: rows are independent
+            ratio, (lo, hi) = ratio_of_means(values[p], None, values[c], None)
+        else:
+            ratio, (lo, hi) = ratio_of_means(values[p], clusters[p], values[c], clusters[c])
         return {"ratio": ratio, "ratio_ci95": [lo, hi], "mean_positive": float(values[p].mean()) if p.any() else math.nan,
                 "mean_control": float(values[c].mean()) if c.any() else math.nan,
                 "n_positive": int(p.sum()), "n_control": int(c.sum()), "n_nonfinite": n_bad}

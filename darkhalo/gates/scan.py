@@ -23,8 +23,10 @@ sees (darkhalo.normalize.normalize) and summarised: ``input_core_rms``
 by construction, so core *power* is what can differ between the classes) and, for
 the sampled parents, the input's core pixels as gate-1.6 features.
 
-For a sample of parents (``core_max_stamps`` stamps, chosen by a hash of
-``parent_id`` so a positive and its control are sampled together) the core
+For a sample of parents (``core_max_stamps`` stamps, chosen by a hash of the
+pairing key -- ``parent_id`` unless ``gates.pairing_key`` names another integer
+column -- so a positive and its control are sampled together; by row without
+an integer pairing key) the core
 pixels are kept as classifier features for gate 1.6: asinh of the unclipped
 normalised pixels, all bands.
 """
@@ -41,7 +43,7 @@ from ..dataset import Chunk, iter_chunks, layout_of, open_dataset, resolve_uri, 
 from ..normalize import Normalization, core_mask, normalize, outer_mask, robust_stats
 from ..rng import parent_sample_mask
 from ..stamps import PIXEL_COLUMNS, StampBatch, StampFormatError, stamps_from_legacy
-from .columns import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+from .columns import OPTIONAL_COLUMNS, PAIR_COLUMNS, REQUIRED_COLUMNS, SKY_GROUP_COLUMNS, pairing_key
 
 METADATA_BATCH_ROWS = 1 << 16
 
@@ -86,6 +88,15 @@ class Scan:
     core: CoreSample | None
     pixel_size: int | None      # decoded stamp side (px)
     input_core: CoreSample | None = None   # the model input's core features (with an input spec)
+    pair_key: str | None = None            # column pairing positives and controls; None: unpaired
+
+    def row_label(self, i: int) -> str:
+        """'<file>: row <n> (task_id <id>[, <pair key> <id>])' of scan row ``i``: strings quoted, as stored."""
+        ids = []
+        for name in dict.fromkeys(("task_id", self.pair_key)):
+            if name is not None and name in self.meta.column_names:
+                ids.append(f"{name} {self.meta.column(name)[int(i)].as_py()!r}")
+        return f"{self.files[self.file_index[i]]}: row {self.row_in_file[i]} ({', '.join(ids) or 'no task_id'})"
 
 
 INPUT_STATS = ("input_core_rms",)
@@ -157,14 +168,16 @@ def summarise_pixels(batch: StampBatch, spec: Normalization, core_radius_pix: fl
     }
 
 
-def wanted_columns(schema: pa.Schema, with_pixels: bool) -> list[str]:
-    """Metadata columns the scan keeps: required + optional (psfdepth only for the noise contract), those present.
+def wanted_columns(schema: pa.Schema, with_pixels: bool, pair_key: str | None = None) -> list[str]:
+    """Metadata columns the scan keeps: required, pairing, optional (psfdepth only for the noise contract),
+    the pairing key and the sky-group columns, those present.
 
     Quality and physics columns are read later, one at a time (``read_column``), so a
     10-million-row manifest never holds them all in memory.
     """
     names = set(schema.names)
-    wanted = list(REQUIRED_COLUMNS) + [c for c in OPTIONAL_COLUMNS if with_pixels or not c.startswith("psfdepth")]
+    wanted = list(REQUIRED_COLUMNS) + list(PAIR_COLUMNS) + [pair_key] + [
+        c for c in OPTIONAL_COLUMNS if with_pixels or not c.startswith("psfdepth")] + list(SKY_GROUP_COLUMNS)
     return [c for c in dict.fromkeys(wanted) if c in names]
 
 
@@ -184,13 +197,16 @@ def read_column(uri: str, name: str, n_rows: int, dtype=None) -> np.ndarray:
 
 def scan_manifest(uri: str, spec: Normalization, *, stamp_size_pix: int, core_radius_pix: float,
                   core_max_stamps: int, seed: int, batch_rows: int = 256, read_pixels: bool = True,
-                  input_spec: Normalization | None = None) -> Scan:
-    """Stream ``uri`` once; see module doc.  ``read_pixels=False`` reads metadata only."""
+                  input_spec: Normalization | None = None, pairing: str = "") -> Scan:
+    """Stream ``uri`` once; see module doc.  ``read_pixels=False`` reads metadata only; ``pairing``:
+    ``gates.pairing_key`` ("" = parent_id when present)."""
     dataset = open_dataset(uri)
     schema = dataset.schema
     layout = layout_of(schema)
+    pair_key = pairing_key(schema.names, pairing, uri)
+    sample_by_key = pair_key is not None and pa.types.is_integer(schema.field(pair_key).type)
     do_pixels = read_pixels and layout != "metadata"
-    meta_cols = wanted_columns(schema, do_pixels)
+    meta_cols = wanted_columns(schema, do_pixels, pair_key)
     pixel_cols = ([c for c in PIXEL_COLUMNS if c in schema.names] if layout == "native" else ["stamp_npz"]) \
         if do_pixels else []
     n_total = dataset.count_rows()
@@ -226,8 +242,7 @@ def scan_manifest(uri: str, spec: Normalization, *, stamp_size_pix: int, core_ra
                 if shape_ok:
                     batch = _decode(chunk, stamp_size_pix, layout, n_seen, errors)
                     stats = summarise_pixels(batch, spec, core_radius_pix)
-                    pid = chunk.table.column("parent_id").to_numpy() if "parent_id" in chunk.table.column_names \
-                        else np.arange(n_seen, n_seen + n)
+                    pid = chunk.table.column(pair_key).to_numpy() if sample_by_key else np.arange(n_seen, n_seen + n)
                     sel = np.flatnonzero(parent_sample_mask(pid, n_total, core_max_stamps, seed))
                     if sel.size:
                         core_rows.append(n_seen + sel)
@@ -270,7 +285,7 @@ def scan_manifest(uri: str, spec: Normalization, *, stamp_size_pix: int, core_ra
     return Scan(uri=uri, layout=layout, schema=schema, files=files,
                 file_index=np.concatenate(file_index) if file_index else np.zeros(0, np.int32),
                 row_in_file=np.concatenate(row_in_file) if row_in_file else np.zeros(0, np.int64),
-                meta=meta, pixels=pixels, core=core, pixel_size=pixel_size, input_core=input_core)
+                meta=meta, pixels=pixels, core=core, pixel_size=pixel_size, input_core=input_core, pair_key=pair_key)
 
 
 def _empty_stats(n: int) -> dict[str, np.ndarray]:

@@ -3,7 +3,8 @@
 Two groups are compared with the two-sample KS distance D and the
 standardised mean difference (SMD, pooled SD); classifier separability with
 the ROC AUC and its DeLong interval; core brightness with a ratio of means and
-a cluster-robust (delta-method) interval; rates with Wilson intervals.
+a cluster-robust (delta-method) interval -- or, with no pairing key, a bootstrap
+interval (rows resampled within each class); rates with Wilson intervals.
 
 ``*_null95`` give each statistic's noise level: the value that two samples of
 the given sizes drawn from one distribution exceed 5% of the time.  A gate
@@ -114,13 +115,35 @@ def roc_auc_delong(scores: np.ndarray, labels: np.ndarray) -> tuple[float, tuple
     return float(auc), (float(max(0.0, auc - half)), float(min(1.0, auc + half)))
 
 
-def ratio_of_means(x_pos: np.ndarray, cluster_pos: np.ndarray, x_ctrl: np.ndarray,
-                   cluster_ctrl: np.ndarray) -> tuple[float, tuple[float, float]]:
+BOOTSTRAP_REPLICATES = 1000
+BOOTSTRAP_SEED = 20240518      # fixed: the interval of a given sample is reproducible
+
+
+def bootstrap_ratio_interval(x_pos: np.ndarray, x_ctrl: np.ndarray, n_boot: int = BOOTSTRAP_REPLICATES,
+                             seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile 95% interval of mean(x_pos) / mean(x_ctrl), rows resampled within each class (unpaired data)."""
+    rng = np.random.default_rng(seed)
+    per_batch = max(1, 20_000_000 // max(x_pos.size + x_ctrl.size, 1))   # resampled indices held at once
+    ratios = []
+    for start in range(0, n_boot, per_batch):
+        k = min(per_batch, n_boot - start)
+        mean_p = x_pos[rng.integers(0, x_pos.size, (k, x_pos.size))].mean(axis=1)
+        mean_c = x_ctrl[rng.integers(0, x_ctrl.size, (k, x_ctrl.size))].mean(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios.append(mean_p / mean_c)
+    lo, hi = np.nanquantile(np.concatenate(ratios), [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def ratio_of_means(x_pos: np.ndarray, cluster_pos: np.ndarray | None, x_ctrl: np.ndarray,
+                   cluster_ctrl: np.ndarray | None) -> tuple[float, tuple[float, float]]:
     """mean(x_pos) / mean(x_ctrl) with a cluster-robust 95% interval (delta method).
 
     Clusters (e.g. parent_id) hold correlated rows of both groups (a positive
     and its control share a parent); the variance sums per-cluster influence
-    contributions, so pairing and replicates are accounted for.
+    contributions, so pairing and replicates are accounted for.  Clusters None
+    (no pairing key): the classes are independent samples and the interval is
+    a bootstrap (``bootstrap_ratio_interval``).
     """
     x_pos, x_ctrl = np.asarray(x_pos, np.float64), np.asarray(x_ctrl, np.float64)
     n_p, n_c = x_pos.size, x_ctrl.size
@@ -130,6 +153,8 @@ def ratio_of_means(x_pos: np.ndarray, cluster_pos: np.ndarray, x_ctrl: np.ndarra
     if mean_c == 0:
         return float("nan"), (float("nan"), float("nan"))
     ratio = mean_p / mean_c
+    if cluster_pos is None or cluster_ctrl is None:
+        return float(ratio), bootstrap_ratio_interval(x_pos, x_ctrl)
     # influence of each row on log(ratio): (x_p - mean_p)/(n_p mean_p) - (x_c - mean_c)/(n_c mean_c)
     infl = np.concatenate([(x_pos - mean_p) / (n_p * mean_p), -(x_ctrl - mean_c) / (n_c * mean_c)])
     clusters = np.concatenate([np.asarray(cluster_pos), np.asarray(cluster_ctrl)])

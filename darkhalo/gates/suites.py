@@ -19,7 +19,7 @@ Four data-gate suites, one per gate family, and the model-gate suite:
 
 Every expectation carries ``meta``: ``id`` (gate:check), ``gate``, ``check``,
 ``table`` (the table it validates, built by darkhalo.gates.audit), ``needs``
-(``pixels`` / ``assignment``), ``on_missing_column`` (``fail`` or ``skip``) and
+(``pixels`` / ``assignment`` / ``pairing`` / ...), ``on_missing_column`` (``fail`` or ``skip``) and
 a ``title``.  Tolerances are ``$PARAMETER`` references filled from the
 ``gates:`` params at validation time, so the JSON does not change when a
 tolerance does.
@@ -49,7 +49,7 @@ NORM_STATS = ("outer_median_nmgy", "outer_sigma_nmgy", "clip_frac")
 ROW_CONTRACT_TITLES = {
     "1.2:bandset": "bandset is grz", "1.2:shape": "declared stamp shape", "1.2:bands": "g, r and z all present",
     "1.2:finite": "finite pixels", "1.4:noise": "invvar present and positive where unmasked",
-    "contract:cutout_ok": "cutout_ok = 1",
+    "contract:cutout_ok": "cutout_ok = 1", "contract:sky": "ra, dec finite sky coordinates",
 }
 
 
@@ -105,15 +105,16 @@ def split_suite() -> list[dict]:
         _e("expect_column_values_to_be_between", id="split:guard", table="pixels",
            title="no pixel of another split within the guard band", column="n_other_splits_within_guard",
            max_value=0),
-        _e("expect_column_values_to_be_between", id="split:parent", table="parents",
+        _e("expect_column_values_to_be_between", id="split:parent", table="parents", needs=("pairing",),
            title="every stamp of a parent in one split", column="n_splits", max_value=1),
-        _e("expect_column_values_to_be_in_set", id="split:pairs", table="pairs",
+        _e("expect_column_values_to_be_in_set", id="split:pairs", table="pairs", needs=("pairing",),
            title="pairs intact: one positive and one control per (parent_id, replicate)", column="unpaired",
            value_set=[0], mostly=_p("pairs_mostly")),
         _e("expect_column_values_to_be_between", id="split:fractions", table="fractions",
            title="split fractions as declared", column="abs_fraction_deviation",
            max_value=_p("split_fraction_tolerance")),
-        _e("expect_column_values_to_be_in_set", id="split:assignment", table="survivors", needs=("assignment",),
+        _e("expect_column_values_to_be_in_set", id="split:assignment", table="survivors",
+           needs=("assignment", "pairing"),
            title="region_split as in the split stage's assignment (no guard-band parents)",
            column="split_agrees_with_assignment", value_set=[True]),
         _e("expect_column_values_to_be_in_set", id="split:healpix_pixel", table="survivors", on_missing="skip",
@@ -125,7 +126,8 @@ def split_suite() -> list[dict]:
 def shortcuts_suite() -> list[dict]:
     """Expectations of the shortcut family (gates 1.1, 1.5, 1.6, 1.8)."""
     out = [_e("expect_column_two_group_effect_sizes_to_be_within", id=f"1.1:{column}", table="survivors",
-              title=f"{column} matched between positives and controls", column=column, group_column="is_control",
+              title=f"{column} matched between positives and controls", on_missing="skip", column=column,
+              group_column="is_control",
               positive_value=0, max_ks_d=_p("quality_max_ks_d"), max_abs_smd=_p("quality_max_abs_smd"))
            for column in QUALITY_COLUMNS]
     for stat in NORM_STATS:
@@ -142,7 +144,7 @@ def shortcuts_suite() -> list[dict]:
         out.append(_e("expect_column_group_mean_ratio_to_be_between", id=f"1.8:core_flux_ratio_{band}",
                       table="stamps", needs=("pixels",), title=f"mean core flux ({band}) positives / controls",
                       column=f"core_flux_nmgy_{band}", group_column="is_control", positive_value=0,
-                      cluster_column="parent_id", min_value=_p("core_flux_ratio_min"),
+                      cluster_column="pair_key", min_value=_p("core_flux_ratio_min"),
                       max_value=_p("core_flux_ratio_max")))
     # gates 1.6 and 1.8 on the generation's model input (what the network sees); these block
     out.append(_e("expect_column_roc_auc_to_be_between", id="1.6:input_core_only_auc", table="core_scores_input",
@@ -155,7 +157,7 @@ def shortcuts_suite() -> list[dict]:
                       table="stamps", needs=("pixels", "model_input"),
                       title=f"model input: mean core RMS ({band}) positives / controls",
                       column=f"input_core_rms_{band}", group_column="is_control", positive_value=0,
-                      cluster_column="parent_id", min_value=_p("core_flux_ratio_min"),
+                      cluster_column="pair_key", min_value=_p("core_flux_ratio_min"),
                       max_value=_p("core_flux_ratio_max")))
     return out
 

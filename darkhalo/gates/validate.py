@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 COLUMN_KWARGS = ("column", "group_column", "label_column", "cluster_column")
+NOT_EVALUATED_ABSENT = "not evaluated (absent)"   # reason prefix of a check whose optional column is absent
 
 
 @dataclass
@@ -124,7 +125,8 @@ def run_suites(docs: dict[str, dict], tables: dict[str, TableSpec], parameters: 
             missing = [kwargs[k] for k in COLUMN_KWARGS if k in kwargs and kwargs[k] not in tables[table_name].columns]
             if missing:
                 if meta["on_missing_column"] == "skip":
-                    result.verdict, result.reason = "skipped", f"column {', '.join(missing)} not in the manifest"
+                    result.verdict = "skipped"
+                    result.reason = f"{NOT_EVALUATED_ABSENT}: column {', '.join(missing)} not in the manifest"
                 else:
                     result.verdict, result.reason = "fail", f"column {', '.join(missing)} not in the manifest"
                 continue
