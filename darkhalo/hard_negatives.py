@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from scipy.special import ndtr
 
 from . import population, survey
@@ -424,7 +423,9 @@ def read_split_map(path: str | Path) -> SplitMap:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no split assignment table (run the `split` stage first)")
-    table = pq.read_table(path)
+    from .dataset import read_table
+
+    table = read_table(str(path))
     missing = [c for c in REQUIRED_SPLIT_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing} (have {table.column_names})")
