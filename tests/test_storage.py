@@ -12,7 +12,7 @@ import pytest
 
 from darkhalo.dataset import (CorruptParquetError, iter_chunks, read_table, resolve_uri, stamps_of, write_hive,
                               write_parquet)
-from darkhalo.stamps import (PIXEL_COLUMNS, StampFormatError, encode_npz, from_tensor_column, stamps_from_native,
+from darkhalo.stamps import (PIXEL_COLUMNS, StampFormatError, decode_npz, encode_npz, from_tensor_column, stamps_from_native,
                              to_legacy_table, to_native_table)
 
 
@@ -131,3 +131,50 @@ def test_parquet_without_checksums_still_reads(tmp_path):
     pq.write_table(table, tmp_path / "old.parquet", compression="zstd")
     assert read_table(str(tmp_path / "old.parquet")).equals(table)
     assert sum(c.table.num_rows for c in iter_chunks(str(tmp_path))) == 100_000
+
+
+def _npz_bomb(side: int = 3200) -> bytes:
+    """A deflated npz whose 'image_g' member is a (side, side) float32 array of zeros (~41 MB -> ~40 KB)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("image_g.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False,
+                                                          "shape": (side, side)})
+            zeros = bytes(side * 4 * 100)
+            for _ in range(side // 100):
+                member.write(zeros)
+    return buf.getvalue()
+
+
+def test_npz_bomb_is_refused_before_decompression(tmp_path, monkeypatch):
+    import zipfile
+
+    blob = _npz_bomb()
+    assert len(blob) < 200_000
+    chunk = _legacy_chunk(tmp_path, blob)
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("decompressed a member of an oversize npz")
+
+    with pytest.raises(StampFormatError, match=r"legacy\.parquet row 1 column 'stamp_npz': stamp_npz member "
+                                               r"'image_g\.npy' declares 40960128 bytes uncompressed .*more than one "
+                                               r"\(64, 64\) float64 plane \(36864 bytes with header\): refused before"):
+        stamps_of(chunk, 64)
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", no_read)   # nothing of the blob is decompressed
+    with pytest.raises(StampFormatError, match="refused before decompression"):
+        decode_npz(blob, 64, "row 1")
+
+
+def test_npz_header_shape_is_checked_before_the_pixels_are_read(tmp_path):
+    """A member small enough on the zip level whose .npy header declares a larger array."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (5000, 5000)})
+        archive.writestr("image_r.npy", header.getvalue() + bytes(1000))
+    with pytest.raises(StampFormatError, match=r"row 1 .*'image_r'\] has shape \(5000, 5000\), expected \(64, 64\)"):
+        stamps_of(_legacy_chunk(tmp_path, buf.getvalue()), 64)
