@@ -234,7 +234,9 @@ class CutoutClient:
             data = data_path.read_bytes() if data_path.exists() else b""
         except (OSError, ValueError):  # unreadable file, corrupt JSON
             meta, data = None, b""
-        if not isinstance(meta, dict) or meta.get("url") != url or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        valid = isinstance(meta, dict) and meta.get("url") == url and \
+            hashlib.sha256(data).hexdigest() == meta.get("sha256")
+        if not valid:
             self._evict(url)
             return None
         return data

@@ -212,7 +212,8 @@ def test_retry_after_beyond_the_deadline_fails_at_once(local_http_server, tmp_pa
     base, routes = local_http_server({PATH: _Route([(429, b"slow down", 0.0)], headers={"Retry-After": "120"})})
     client = client_for(base, tmp_path / "cache", deadline_s=5.0)
     t0 = time.monotonic()
-    with pytest.raises(CutoutError, match=r"'rl': http_429: HTTP 429 .*next try \(in 120 s\) would pass deadline_s 5 s"):
+    with pytest.raises(CutoutError, match=r"'rl': http_429: HTTP 429 .*next try \(in 120 s\) would pass "
+                                          r"deadline_s 5 s"):
         client.fetch(4.0, 4.0, "rl")
     assert time.monotonic() - t0 < 2.0 and routes[PATH].hits == 1
 

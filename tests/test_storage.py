@@ -12,8 +12,8 @@ import pytest
 
 from darkhalo.dataset import (CorruptParquetError, iter_chunks, read_table, resolve_uri, stamps_of, write_hive,
                               write_parquet)
-from darkhalo.stamps import (PIXEL_COLUMNS, StampFormatError, decode_npz, encode_npz, from_tensor_column, stamps_from_native,
-                             to_legacy_table, to_native_table)
+from darkhalo.stamps import (PIXEL_COLUMNS, StampFormatError, decode_npz, encode_npz, from_tensor_column,
+                             stamps_from_native, to_legacy_table, to_native_table)
 
 
 def test_native_layout_reads_with_pyarrow_and_numpy_alone(tiny_survey):
