@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
 QUALITY = ("bad_pixel_frac", "psfsize_g", "psfsize_r", "psfsize_z", "psfdepth_g", "psfdepth_r", "psfdepth_z", "ebv",
@@ -36,6 +35,7 @@ QUALITY = ("bad_pixel_frac", "psfsize_g", "psfsize_r", "psfsize_z", "psfdepth_g"
 def metadata_manifest(root: Path, n_rows: int, seed: int = 1, files_per_split: int = 8) -> Path:
     """Users'-layout metadata manifest with ``n_rows`` rows (pairs: control + positive per parent)."""
     from darkhalo.split import SplitConfig, assign
+    from darkhalo.dataset import write_parquet
 
     marker = root / f"_complete_{n_rows}"
     if marker.exists():
@@ -83,7 +83,7 @@ def metadata_manifest(root: Path, n_rows: int, seed: int = 1, files_per_split: i
                                 ("brickname", "1234p567")):
                 table = table.append_column(name, pa.DictionaryArray.from_arrays(
                     pa.array(np.zeros(n, np.int8)), pa.array([value])).cast(pa.string()))
-            pq.write_table(table, folder / f"part-{f:05d}.parquet", row_group_size=1 << 17, compression="zstd")
+            write_parquet(table, folder / f"part-{f:05d}.parquet", 1 << 17)
     marker.touch()
     return root
 
@@ -149,6 +149,8 @@ def run_child(args: list[str]) -> tuple[float, float, int]:
 
 
 def main():
+    from darkhalo.dataset import read_table
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--pixel-parents", type=int, default=3000)
@@ -166,7 +168,7 @@ def main():
                            "rows_per_s": round(args.rows / wall), "exit_code": rc,
                            "goal": "<= 60 s and <= 6 GiB on 2 cores"}
     manifest = pixel_manifest(work / f"pixels-{args.pixel_parents}", args.pixel_parents)
-    n = pq.ParquetDataset(str(manifest)).read(columns=["task_id"]).num_rows
+    n = read_table(str(manifest), columns=["task_id"]).num_rows
     wall, _, rc = run_child(["--manifest", str(manifest), "--out", str(work / "pixel-audit")])
     from darkhalo.gates.config import GatesConfig
     from darkhalo.gates.scan import scan_manifest

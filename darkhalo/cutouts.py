@@ -12,18 +12,26 @@ data the service returns zeros: such a band (all zero image and invvar) is
 reported missing.
 
 Retries: timeouts, connection errors, truncated or unreadable FITS, HTTP 429
-and 5xx are retried ``retries`` times with exponential backoff; other HTTP
-errors (404, 400, ...) fail at once.  Every failure is a ``CutoutError``
-naming the target, its URL and the reason.
+and 5xx are retried ``retries`` times with exponential backoff
+(``backoff_s`` doubling, capped at ``max_backoff_s``), or after the server's
+``Retry-After`` where it sends one (honoured as asked, never shortened); other
+HTTP errors (404, 400, ...) fail at once.  Limits: ``timeout_s`` per socket
+operation, ``deadline_s`` for the whole cutout (all attempts and waits: a
+server dripping bytes, or a Retry-After beyond it, fails the target) and
+``max_bytes`` per answer (Content-Length or bytes read).  Every failure,
+including a cache entry that cannot be read, is a ``CutoutError`` naming the
+target (name, ra, dec), its URL and the reason, counted in ``stats["failed"]``.
 
 Cache: ``<cache_dir>/<sha256(url)[:32]>.fits`` plus ``.json`` (url, sha256 and
 size of the FITS bytes).  Both are written through a temporary file and a
 rename, the FITS first, so a crash never leaves a readable half entry; an
 entry is used only if its JSON exists and the bytes' sha256 matches, else it
-is fetched again (counted as ``cache_refetched``).
+is fetched again (counted as ``cache_refetched``); so is an entry whose JSON
+is unreadable or whose bytes are not a cutout FITS (the entry is deleted).
 """
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import http.client
 import io
@@ -62,20 +70,26 @@ class CutoutConfig:
     timeout_s: float = 30.0
     retries: int = 3
     backoff_s: float = 1.0
+    max_backoff_s: float = 30.0        # cap on one exponential backoff wait (s)
+    deadline_s: float = 180.0          # whole cutout, all attempts and waits (s)
+    max_bytes: int = 16_000_000        # largest answer accepted (bytes)
     workers: int = 4
 
 
 CUTOUT_RULES = {"size_pix": (lambda v: v >= 16, "must be >= 16"), "pixscale_arcsec": (lambda v: v > 0, "must be > 0"),
                 "timeout_s": (lambda v: v > 0, "must be > 0"), "retries": (lambda v: v >= 0, "must be >= 0"),
                 "backoff_s": (lambda v: v >= 0, "must be >= 0"), "workers": (lambda v: v > 0, "must be > 0"),
+                "max_backoff_s": (lambda v: v >= 0, "must be >= 0"), "deadline_s": (lambda v: v > 0, "must be > 0"),
+                "max_bytes": (lambda v: v > 0, "must be > 0"),
                 "bands": (lambda v: v == "grz", "must be 'grz'")}
 
 
 class CutoutError(RuntimeError):
     """A target whose cutout could not be had; ``reason`` is a short code, the message says everything."""
 
-    def __init__(self, name: str, url: str, reason: str, detail: str):
-        super().__init__(f"cutout {name!r}: {reason}: {detail} (URL {url})")
+    def __init__(self, name: str, ra_deg: float, dec_deg: float, url: str, reason: str, detail: str):
+        super().__init__(f"cutout {name!r}: {reason}: {detail} (ra {ra_deg:.7f} deg, dec {dec_deg:.7f} deg; "
+                         f"URL {url})")
         self.name, self.url, self.reason = name, url, reason
 
 
@@ -106,10 +120,27 @@ class Cutout:
         return invvar
 
 
-class _Retryable(Exception):
-    def __init__(self, reason: str, detail: str):
+class _Failure(Exception):
+    """One failed attempt: ``retry`` says whether another may succeed; ``retry_after_s`` the server's wish (s)."""
+
+    def __init__(self, reason: str, detail: str, retry: bool = True, retry_after_s: float | None = None):
         super().__init__(detail)
-        self.reason = reason
+        self.reason, self.retry, self.retry_after_s = reason, retry, retry_after_s
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds asked by a ``Retry-After`` header (delay-seconds or an HTTP date); None if absent/unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def parse_cutout_fits(data: bytes, bands: str, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -187,73 +218,126 @@ class CutoutClient:
         key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:32]
         return self.cache_dir / f"{key}.fits", self.cache_dir / f"{key}.json"
 
+    def _evict(self, url: str) -> None:
+        """Delete the cache entry of ``url`` (counted as ``cache_refetched``)."""
+        for path in self.cache_paths(url):
+            path.unlink(missing_ok=True)
+        self._count("cache_refetched")
+
     def _cached(self, url: str) -> bytes | None:
+        """Bytes of a valid cache entry, or None (an invalid or unreadable entry is evicted)."""
         data_path, meta_path = self.cache_paths(url)
         if not meta_path.exists():
             return None
-        meta = json.loads(meta_path.read_text())
-        data = data_path.read_bytes() if data_path.exists() else b""
-        if meta.get("url") != url or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-            meta_path.unlink()
-            if data_path.exists():
-                data_path.unlink()
-            self._count("cache_refetched")
+        try:
+            meta = json.loads(meta_path.read_text())
+            data = data_path.read_bytes() if data_path.exists() else b""
+        except (OSError, ValueError):  # unreadable file, corrupt JSON
+            meta, data = None, b""
+        valid = isinstance(meta, dict) and meta.get("url") == url and \
+            hashlib.sha256(data).hexdigest() == meta.get("sha256")
+        if not valid:
+            self._evict(url)
             return None
         return data
 
-    def _download(self, url: str) -> bytes:
+    def _download(self, url: str, deadline: float) -> bytes:
+        """Body of one GET, read in pieces against ``deadline`` (time.monotonic) and ``max_bytes``."""
+        c = self.config
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
         try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-                return response.read()
+            with urllib.request.urlopen(request, timeout=min(c.timeout_s, max(deadline - time.monotonic(), 0.01))
+                                        ) as response:
+                length = response.headers.get("Content-Length", "")
+                if length.isdigit() and int(length) > c.max_bytes:
+                    raise _Failure("too_large", f"answer of {int(length)} bytes (Content-Length) exceeds "
+                                                f"max_bytes {c.max_bytes}", retry=False)
+                pieces, total = [], 0
+                while piece := response.read1(65536):
+                    total += len(piece)
+                    if total > c.max_bytes:
+                        raise _Failure("too_large", f"answer exceeds max_bytes {c.max_bytes}", retry=False)
+                    if time.monotonic() > deadline:
+                        raise _Failure("deadline", f"answer still arriving after deadline_s {c.deadline_s:g} s "
+                                                   f"({total} bytes read)", retry=False)
+                    pieces.append(piece)
+                return b"".join(pieces)
         except urllib.error.HTTPError as exc:
             exc.close()  # the error response holds an open socket
+            detail = f"HTTP {exc.code} {exc.reason}"
             if exc.code in RETRYABLE_HTTP:
-                raise _Retryable(f"http_{exc.code}", f"HTTP {exc.code} {exc.reason}") from exc
-            raise
+                raise _Failure(f"http_{exc.code}", detail, retry_after_s=retry_after_s(exc.headers.get("Retry-After"))
+                               ) from exc
+            raise _Failure(f"http_{exc.code}", detail, retry=False) from exc
         except (TimeoutError, socket.timeout) as exc:
-            raise _Retryable("timeout", f"no answer within {self.config.timeout_s:g} s") from exc
+            raise _Failure("timeout", f"no answer within {c.timeout_s:g} s") from exc
         except (urllib.error.URLError, ConnectionError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             if isinstance(reason, (TimeoutError, socket.timeout)):
-                raise _Retryable("timeout", f"no answer within {self.config.timeout_s:g} s") from exc
-            raise _Retryable("connection", f"{type(exc).__name__}: {reason}") from exc
+                raise _Failure("timeout", f"no answer within {c.timeout_s:g} s") from exc
+            raise _Failure("connection", f"{type(exc).__name__}: {reason}") from exc
+
+    def _wait_s(self, attempt: int, failure: _Failure) -> float:
+        """Wait (s) before retry ``attempt`` (1, 2, ...): capped doubling backoff, or longer if Retry-After asks."""
+        c = self.config
+        wait = min(c.backoff_s * 2 ** (attempt - 1), c.max_backoff_s)
+        return max(wait, failure.retry_after_s or 0.0)
+
+    def _fetch_bytes(self, url: str) -> bytes:
+        """Download and check the FITS bytes of ``url`` with retries; raises _Failure (the last one)."""
+        c = self.config
+        deadline = time.monotonic() + c.deadline_s
+        for attempt in range(c.retries + 1):
+            try:
+                data = self._download(url, deadline)
+                parse_cutout_fits(data, c.bands, c.size_pix)
+                return data
+            except _Failure as exc:
+                last = exc
+            except ValueError as exc:
+                last = _Failure("corrupt_fits", str(exc))
+            if not last.retry:
+                raise last
+            if attempt == c.retries:
+                break
+            wait = self._wait_s(attempt + 1, last)
+            if time.monotonic() + wait > deadline:
+                raise _Failure(last.reason, f"{last}; the next try (in {wait:g} s) would pass deadline_s "
+                                            f"{c.deadline_s:g} s (after {attempt + 1} attempts)", retry=False)
+            self._count("retries")
+            time.sleep(wait)
+        raise _Failure(last.reason, f"{last} (after {c.retries + 1} attempts)", retry=False)
 
     def fetch(self, ra_deg: float, dec_deg: float, name: str) -> Cutout:
-        """The cutout of one target (from the cache if a valid entry exists); raises CutoutError."""
+        """The cutout of one target (from the cache if a valid entry exists); every failure is a CutoutError."""
         c = self.config
         url = self.url(ra_deg, dec_deg)
-        data = self._cached(url)
-        from_cache = data is not None
-        last: _Retryable | None = None
-        if data is None:
-            for attempt in range(c.retries + 1):
-                if attempt:
-                    self._count("retries")
-                    time.sleep(c.backoff_s * 2 ** (attempt - 1))
+        try:
+            data = self._cached(url)
+            from_cache = data is not None
+            parsed = None
+            if from_cache:
                 try:
-                    data = self._download(url)
-                    parse_cutout_fits(data, c.bands, c.size_pix)
-                    break
-                except urllib.error.HTTPError as exc:
-                    self._count("failed")
-                    raise CutoutError(name, url, f"http_{exc.code}", f"HTTP {exc.code} {exc.reason}") from exc
-                except _Retryable as exc:
-                    last, data = exc, None
-                except ValueError as exc:
-                    last, data = _Retryable("corrupt_fits", str(exc)), None
+                    parsed = parse_cutout_fits(data, c.bands, c.size_pix)
+                except ValueError:  # a cached file that is not a cutout FITS
+                    self._evict(url)
+                    data, from_cache = None, False
             if data is None:
-                self._count("failed")
-                raise CutoutError(name, url, last.reason, f"{last} (after {c.retries + 1} attempts)")
-            digest = hashlib.sha256(data).hexdigest()
-            data_path, meta_path = self.cache_paths(url)
-            atomic_write_bytes(data_path, data)
-            atomic_write_bytes(meta_path, json.dumps({"url": url, "sha256": digest, "bytes": len(data)},
-                                                     sort_keys=True).encode("utf-8"))
-            self._count("fetched")
-        else:
-            self._count("from_cache")
-        image, invvar, present, has_ivar = parse_cutout_fits(data, c.bands, c.size_pix)
+                data = self._fetch_bytes(url)
+                data_path, meta_path = self.cache_paths(url)
+                atomic_write_bytes(data_path, data)
+                atomic_write_bytes(meta_path, json.dumps({"url": url, "sha256": hashlib.sha256(data).hexdigest(),
+                                                          "bytes": len(data)}, sort_keys=True).encode("utf-8"))
+                self._count("fetched")
+            else:
+                self._count("from_cache")
+            image, invvar, present, has_ivar = parsed or parse_cutout_fits(data, c.bands, c.size_pix)
+        except _Failure as exc:
+            self._count("failed")
+            raise CutoutError(name, ra_deg, dec_deg, url, exc.reason, str(exc)) from exc
+        except (OSError, ValueError) as exc:  # cache directory I/O and the like
+            self._count("failed")
+            raise CutoutError(name, ra_deg, dec_deg, url, "error", f"{type(exc).__name__}: {exc}") from exc
         return Cutout(name, float(ra_deg), float(dec_deg), image, invvar, present, has_ivar, url,
                       hashlib.sha256(data).hexdigest(), from_cache)
 

@@ -4,6 +4,12 @@ A dataset is a directory (local, ``s3://`` or ``s3a://``) of parquet files,
 optionally hive-partitioned (``region_split=train/...``).  Reads project
 columns, prune partitions through ``filter`` and stream row groups; pixels
 decode from either layout (native tensor columns or legacy ``stamp_npz``).
+
+Every parquet file the project writes carries CRC32 page checksums (written
+only here: ``write_parquet`` / ``parquet_bytes`` / ``write_hive``) and every
+read through this module verifies them; a corrupted page raises
+``CorruptParquetError`` naming the file.  Files written before checksums
+existed carry none and still read (pyarrow verifies only pages with a CRC).
 """
 from __future__ import annotations
 
@@ -20,6 +26,21 @@ import pyarrow.parquet as pq
 from .stamps import StampBatch, StampFormatError, stamps_from_legacy, stamps_from_native
 
 S3_SCHEMES = ("s3://", "s3a://")
+PARQUET_FORMAT = ds.ParquetFileFormat(
+    default_fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True))
+
+
+class CorruptParquetError(OSError):
+    """A parquet page failed its CRC check: the file's bytes changed after it was written."""
+
+
+def _is_checksum_error(err: OSError) -> bool:
+    return "checksum" in str(err).lower()
+
+
+def _corrupt(path: str, err: OSError) -> CorruptParquetError:
+    return CorruptParquetError(f"{path}: corrupted parquet page ({err}); the file changed after it was written "
+                               f"- restore it (dvc checkout / dvc pull) or rerun the stage that wrote it")
 
 
 def resolve_uri(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -53,7 +74,7 @@ def open_dataset(uri: str) -> ds.Dataset:
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{uri}: no such dataset")
-    return ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
+    return ds.dataset(path, filesystem=fs, format=PARQUET_FORMAT, partitioning="hive")
 
 
 def layout_of(schema: pa.Schema) -> str:
@@ -88,7 +109,16 @@ def iter_chunks(uri: str, columns: list[str] | None = None, filter: ds.Expressio
         offset = 0
         scanner = ds.Scanner.from_fragment(fragment, schema=dataset.schema, columns=columns,
                                            filter=filter, batch_size=batch_rows, use_threads=False)
-        for record_batch in scanner.to_batches():
+        batches = scanner.to_batches()
+        while True:
+            try:
+                record_batch = next(batches)
+            except StopIteration:
+                break
+            except OSError as err:
+                if _is_checksum_error(err):
+                    raise _corrupt(fragment.path, err) from err
+                raise
             if record_batch.num_rows == 0:
                 continue
             yield Chunk(pa.Table.from_batches([record_batch]), fragment.path, offset)
@@ -96,8 +126,20 @@ def iter_chunks(uri: str, columns: list[str] | None = None, filter: ds.Expressio
 
 
 def read_table(uri: str, columns: list[str] | None = None, filter: ds.Expression | None = None) -> pa.Table:
-    """Whole (projected, filtered) dataset as one table, files in path order."""
-    return open_dataset(uri).to_table(columns=columns, filter=filter)
+    """Whole (projected, filtered) dataset (a directory or one file) as one table, files in path order."""
+    dataset = open_dataset(uri)
+    try:
+        return dataset.to_table(columns=columns, filter=filter)
+    except OSError as err:
+        if not _is_checksum_error(err):
+            raise
+        for fragment in sorted(dataset.get_fragments(filter=filter), key=lambda f: f.path):
+            try:
+                fragment.to_table(schema=dataset.schema, columns=columns, filter=filter)
+            except OSError as inner:
+                if _is_checksum_error(inner):
+                    raise _corrupt(fragment.path, inner) from err
+        raise _corrupt(str(uri), err) from err
 
 
 def stamps_of(chunk: Chunk, size: int) -> StampBatch:
@@ -110,10 +152,18 @@ def stamps_of(chunk: Chunk, size: int) -> StampBatch:
     raise StampFormatError(f"{chunk.source}: no pixel columns (need image_g/r/z or stamp_npz)")
 
 
-def write_parquet(table: pa.Table, path: str | Path, row_group_rows: int) -> None:
-    """Write one parquet file (zstd) with fixed-size row groups; deterministic bytes."""
-    pq.write_table(table, str(path), row_group_size=row_group_rows, compression="zstd",
-                   write_statistics=True)
+def write_parquet(table: pa.Table, where: str | Path | pa.NativeFile, row_group_rows: int | None = None) -> None:
+    """Write one parquet file (zstd, page checksums) to a path or stream; ``row_group_rows`` rows per
+    row group (None: pyarrow's default); deterministic bytes."""
+    pq.write_table(table, where if isinstance(where, pa.NativeFile) else str(where), row_group_size=row_group_rows,
+                   compression="zstd", write_statistics=True, write_page_checksum=True)
+
+
+def parquet_bytes(table: pa.Table, row_group_rows: int | None = None) -> bytes:
+    """The bytes ``write_parquet`` would write (for atomic writes of small tables)."""
+    sink = pa.BufferOutputStream()
+    write_parquet(table, sink, row_group_rows)
+    return sink.getvalue().to_pybytes()
 
 
 def write_hive(table: pa.Table, root: str | Path, partition_cols: list[str], row_group_rows: int) -> None:
@@ -121,7 +171,8 @@ def write_hive(table: pa.Table, root: str | Path, partition_cols: list[str], row
     ds.write_dataset(table, str(root), format="parquet", partitioning=partition_cols,
                      partitioning_flavor="hive", basename_template="part-{i}.parquet", use_threads=False,
                      max_rows_per_group=row_group_rows, min_rows_per_group=0,
-                     file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
+                     file_options=ds.ParquetFileFormat().make_write_options(compression="zstd",
+                                                                                   write_page_checksum=True),
                      existing_data_behavior="error")
 
 

@@ -41,7 +41,7 @@ TRAIN = _keys("architecture", "metadata_columns", "metadata_transform", "epochs"
               "import_checkpoint", "max_train_rows", "preprocessing", "input_crop_pix", "early_stopping_patience",
               "early_stopping_min_delta", "seeds")
 CUTOUT = _keys("base_url", "layer", "bands", "pixscale_arcsec", "size_pix", "invvar", "timeout_s", "retries",
-               "backoff_s", "workers")
+               "backoff_s", "max_backoff_s", "deadline_s", "max_bytes", "workers")
 SCHEMA = _keys(
     "seed", "ablation",
     survey=_keys("n_parents", "stamp_size", "n_sky_patches", "supersample", "neighbour_supersample", "moffat_beta",

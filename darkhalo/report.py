@@ -26,10 +26,9 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.csv as pacsv  # noqa: E402
 import pyarrow.dataset as ds  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 
-from .dataset import iter_chunks, stamps_of  # noqa: E402
+from .dataset import iter_chunks, read_table, stamps_of  # noqa: E402
 from .gallery import gallery_png  # noqa: E402
 from .params import FRACTION, POSITIVE, build, section  # noqa: E402
 
@@ -1154,7 +1153,7 @@ def make_figures(src: Sources, inputs: Inputs, config: ReportConfig, root: Path,
     if galleries:
         parts = {name: part["path"] for name, part in src.get(inputs.benchmark, "parts").items()}
         for g in inputs.generations:
-            scores = pq.read_table(root / f"data/eval/{g}/scores.parquet")
+            scores = read_table(str(root / f"data/eval/{g}/scores.parquet"))
             threshold = float(src.get(inputs.m(g, "evaluate"), "operating_threshold"))
             for kind, rows in gallery_rows(scores, threshold, config.gallery_n).items():
                 if rows.num_rows == 0:
@@ -1168,8 +1167,6 @@ def make_figures(src: Sources, inputs: Inputs, config: ReportConfig, root: Path,
 
 def arc_snr_samples(root: Path, inputs: Inputs, benchmark_uri: str | None) -> dict[str, np.ndarray]:
     """arc_snr of the positives of each generation's training data (and of the benchmark)."""
-    from .dataset import read_table
-
     out = {}
     for name, uri in [(g, str(root / f"data/inject/{g}")) for g in inputs.generations] + \
             ([("benchmark", benchmark_uri)] if benchmark_uri else []):

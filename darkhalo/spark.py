@@ -42,6 +42,7 @@ SESSION_CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.execution.arrow.maxRecordsPerBatch": "256",  # ~25 MB of grz 64x64 image+invvar per Arrow batch
     "spark.python.worker.reuse": "true",
+    "spark.hadoop.parquet.page.verify-checksum.enabled": "true",  # the CRCs darkhalo.dataset writes
     # one core per task: the shard functions are single-threaded numpy/torch
     "spark.executorEnv.OMP_NUM_THREADS": "1",
     "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",

@@ -42,8 +42,8 @@ from pathlib import Path
 import healpy as hp
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from .dataset import read_table
 from .params import POSITIVE, ParamError, build, section
 from .rng import keyed_rng
 
@@ -341,7 +341,7 @@ def read_split_map(path: str | Path) -> SplitMap:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no split assignment table (run the `split` stage first)")
-    table = pq.read_table(path)
+    table = read_table(str(path))
     missing = [c for c in REQUIRED_SPLIT_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing} (have {table.column_names})")

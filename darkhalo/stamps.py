@@ -114,27 +114,68 @@ def encode_npz(planes: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+NPZ_MAX_MEMBERS = 16        # members an npz blob may list (6 are used)
+NPY_HEADER_MAX = 4096       # bytes allowed for one .npy header (numpy writes 128)
+
+
+def _npy_header(member, where: str) -> tuple[tuple, bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the .npy stream ``member``, read without touching its data."""
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(member, max_header_size=NPY_HEADER_MAX)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(member, max_header_size=NPY_HEADER_MAX)
+    raise StampFormatError(f"{where}: .npy format version {version} not supported (1.0 or 2.0)")
+
+
 def decode_npz(blob, size: int, where: str) -> dict[str, np.ndarray]:
     """Decode a legacy ``stamp_npz`` blob; errors name ``where`` (file and row).
 
-    Returns the ``image_*``/``invvar_*`` arrays present.  Raises StampFormatError
-    on undecodable bytes or an array that is not (size, size).
+    Returns the ``image_*``/``invvar_*`` arrays present (other members are not
+    read).  Sizes are checked before anything is decompressed: at most
+    NPZ_MAX_MEMBERS members, each declaring at most one (size, size) float64
+    plane plus header (``size**2 * 8 + NPY_HEADER_MAX`` bytes), each pixel
+    member's .npy header (size, size) with a numeric dtype of <= 8 bytes.
+    Raises StampFormatError on undecodable or oversize blobs and wrong shapes.
     """
     if blob is None:
         raise StampFormatError(f"{where}: stamp_npz is null")
-    try:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise StampFormatError(f"{where}: stamp_npz is not a readable .npz ({exc})") from exc
+    limit = size * size * 8 + NPY_HEADER_MAX
     out = {}
-    for key in PIXEL_COLUMNS:
-        if key not in arrays:
-            continue
-        arr = arrays[key]
-        if arr.shape != (size, size):
-            raise StampFormatError(f"{where}: stamp_npz['{key}'] has shape {arr.shape}, expected ({size}, {size})")
-        out[key] = arr.astype(np.float32, copy=False)
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            members = archive.infolist()
+            if len(members) > NPZ_MAX_MEMBERS:
+                raise StampFormatError(f"{where}: stamp_npz lists {len(members)} members, at most "
+                                       f"{NPZ_MAX_MEMBERS} allowed: refused before decompression")
+            for info in members:
+                if info.file_size > limit:
+                    raise StampFormatError(
+                        f"{where}: stamp_npz member '{info.filename}' declares {info.file_size} bytes uncompressed "
+                        f"({len(blob)} bytes compressed blob), more than one ({size}, {size}) float64 plane "
+                        f"({limit} bytes with header): refused before decompression")
+            for info in members:
+                key = info.filename.removesuffix(".npy")
+                if key not in PIXEL_COLUMNS:
+                    continue
+                with archive.open(info) as member:
+                    shape, fortran, dtype = _npy_header(member, f"{where}: stamp_npz['{key}']")
+                    if shape != (size, size):
+                        raise StampFormatError(f"{where}: stamp_npz['{key}'] has shape {shape}, "
+                                               f"expected ({size}, {size})")
+                    if dtype.hasobject or dtype.kind not in "iuf" or dtype.itemsize > 8:
+                        raise StampFormatError(f"{where}: stamp_npz['{key}'] has dtype {dtype}, expected a number "
+                                               f"of <= 8 bytes (float32)")
+                    data = member.read(size * size * dtype.itemsize)
+                if len(data) != size * size * dtype.itemsize:
+                    raise StampFormatError(f"{where}: stamp_npz['{key}'] holds {len(data)} bytes of pixels, "
+                                           f"expected {size * size * dtype.itemsize}")
+                arr = np.frombuffer(data, dtype).reshape((size, size), order="F" if fortran else "C")
+                out[key] = arr.astype(np.float32)
+    except StampFormatError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
+        raise StampFormatError(f"{where}: stamp_npz is not a readable .npz ({exc})") from exc
     return out
 
 

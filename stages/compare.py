@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
+from darkhalo.dataset import read_table
 from darkhalo.compare import combine_seeds, compare, compare_config, generation, headline_summary, plot_tables
 from darkhalo.outputs import atomic_write_bytes, run_stage, write_json
 from darkhalo.params import load_params
@@ -23,7 +23,7 @@ from darkhalo.training import seed_file_name, train_config
 
 
 def load(name: str, scores: str, summary: str):
-    return generation(name, pq.read_table(scores), json.loads(Path(summary).read_text()), summary)
+    return generation(name, read_table(scores), json.loads(Path(summary).read_text()), summary)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
 from darkhalo import metrics as M
-from darkhalo.dataset import content_hash
+from darkhalo.dataset import content_hash, parquet_bytes
 from darkhalo.evaluation import (evaluate_config, model_gates, roc_points, score_injections, score_negatives,
                                  score_split, summarise)
 from darkhalo.inference import Scorer
@@ -88,12 +87,6 @@ def seed_spread(summaries: list[dict]) -> dict:
         spread[name] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)), "n": len(values),
                         "per_seed": values}
     return spread
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
 
 
 def main(argv: list[str] | None = None) -> None:

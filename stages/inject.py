@@ -16,7 +16,6 @@ import argparse
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from darkhalo.dataset import Chunk, read_table, stamps_of, write_parquet
@@ -40,7 +39,7 @@ def load_assignment(path: str, splits=SPLITS) -> pa.Table:
 
 def parents_of_shard(survey_file: str, assignment: pa.Table, size: int):
     """(catalogue with region_split/healpix_pixel, pixels) of the assigned parents of one survey file."""
-    table = pq.read_table(survey_file)
+    table = read_table(survey_file)
     ids = table.column("parent_id").to_numpy()
     assigned = assignment.column("parent_id").to_numpy()
     pos = np.clip(np.searchsorted(assigned, ids), 0, max(len(assigned) - 1, 0))

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from darkhalo.dataset import read_table
+from darkhalo.dataset import parquet_bytes, read_table
 from darkhalo.outputs import atomic_write_bytes, run_stage, write_json
 from darkhalo.params import load_params
 from darkhalo.split import assignment_table, split_config, summarise_split
@@ -34,9 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     catalogue = read_table(args.survey, columns=["parent_id", "ra", "dec"])
     table, result = assignment_table(catalogue.column("parent_id").to_numpy(), catalogue.column("ra").to_numpy(),
                                      catalogue.column("dec").to_numpy(), config)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, compression="zstd", write_statistics=True)
-    atomic_write_bytes(args.out, sink.getvalue().to_pybytes())
+    atomic_write_bytes(args.out, parquet_bytes(table, ROW_GROUP_ROWS))
     metrics = summarise_split(table, config, result)
     write_json(args.metrics, metrics)
     splits = ", ".join(f"{k} {v['n_parents']} ({v['fraction_of_kept_parents']:.3f} vs {v['declared_fraction']:.3f})"

@@ -18,10 +18,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from darkhalo.dataset import content_hash
+from darkhalo.dataset import content_hash, read_table
 from darkhalo.models import import_gen5_checkpoint
 from darkhalo.outputs import atomic_dir, run_stage, write_json
 from darkhalo.params import load_params
@@ -73,7 +72,7 @@ def run(argv: list[str] | None = None) -> None:
         metrics = {"source": "imported", "epoch": info["epoch"]}
         history = []
     else:
-        excluded = pq.read_table(quarantine, columns=["task_id"]).column("task_id").to_numpy()
+        excluded = read_table(quarantine, columns=["task_id"]).column("task_id").to_numpy()
         cols = config.metadata_columns
         spec = config.input_spec
         train = load_stamps(inject_dir, "train", spec, cols, excluded)

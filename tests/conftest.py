@@ -257,11 +257,13 @@ def write_manifest(table, root: Path, row_group_rows: int = 32) -> Path:
 # --- issue 5 (hard negatives, anchors, cutouts): a local HTTP server on 127.0.0.1 --------------------------
 
 class _Route:
-    """What the local server answers on one path: a list of (status, body, delay_s) used in turn (last repeats)."""
+    """What the local server answers on one path: a list of (status, body, delay_s) used in turn (last repeats);
+    extra ``headers`` on every answer; ``drip_s`` > 0 sends the body one byte every ``drip_s`` seconds."""
 
-    def __init__(self, answers, headers=None):
+    def __init__(self, answers, headers=None, drip_s: float = 0.0):
         self.answers = list(answers)
         self.headers = dict(headers or {})
+        self.drip_s = drip_s
         self.hits = 0
 
 
@@ -305,7 +307,12 @@ def local_http_server():
                     for key, value in (route.headers.items() if route else ()):
                         self.send_header(key, value)
                     self.end_headers()
-                    if not head:
+                    if not head and route is not None and route.drip_s:
+                        for i in range(len(body)):
+                            self.wfile.write(body[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(route.drip_s)
+                    elif not head:
                         self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError) as exc:  # the client timed out first
                     client_gone.append(exc)

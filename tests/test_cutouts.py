@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ def fixture_cube(seed=1, size=64):
 
 
 def client_for(base_url, cache, **overrides):
-    config = CutoutConfig(base_url=base_url + PATH, timeout_s=0.5, retries=2, backoff_s=0.01, workers=2, **overrides)
+    settings = {"timeout_s": 0.5, "retries": 2, "backoff_s": 0.01, "workers": 2, **overrides}
+    config = CutoutConfig(base_url=base_url + PATH, **settings)
     return CutoutClient(config, cache)
 
 
@@ -120,3 +122,114 @@ def test_parse_reads_band_order_from_the_header_and_flags_blank_bands():
     assert np.isnan(out_image[1]).all()
     with pytest.raises(ValueError, match=r"image shape \(3, 32, 32\), expected \(3, 64, 64\)"):
         parse_cutout_fits(cutout_fits_bytes(np.zeros((3, 32, 32))), "grz", 64)
+
+
+# --- issue 13: corrupt cache entries, deadline, size cap, capped backoff and Retry-After ------------------------
+
+def _cached_client(local_http_server, tmp_path, seed):
+    """(client, routes, image) after one successful fetch of target 'c' at (5, 5): its cache entry exists."""
+    image, invvar = fixture_cube(seed)
+    base, routes = local_http_server({PATH: [(200, cutout_fits_bytes(image, invvar), 0.0)]})
+    client = client_for(base, tmp_path / "cache")
+    client.fetch(5.0, 5.0, "c")
+    return client, routes, image
+
+
+def test_corrupt_cache_json_is_evicted_and_refetched(local_http_server, tmp_path):
+    client, routes, image = _cached_client(local_http_server, tmp_path, 7)
+    next((tmp_path / "cache").glob("*.json")).write_bytes(b'{"url": "trunc')
+    cut = client.fetch(5.0, 5.0, "c")
+    assert not cut.from_cache and routes[PATH].hits == 2 and client.stats["cache_refetched"] == 1
+    np.testing.assert_array_equal(cut.image, image)
+    assert json.loads(next((tmp_path / "cache").glob("*.json")).read_text())["sha256"] == cut.sha256
+
+
+def test_cached_file_that_is_not_fits_is_evicted_and_refetched(local_http_server, tmp_path):
+    client, routes, image = _cached_client(local_http_server, tmp_path, 8)
+    # an entry consistent with its JSON (checksum matches) whose bytes are not a cutout FITS
+    import hashlib
+    html = b"<html>rate limited</html>"
+    next((tmp_path / "cache").glob("*.fits")).write_bytes(html)
+    meta_path = next((tmp_path / "cache").glob("*.json"))
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "sha256": hashlib.sha256(html).hexdigest(), "bytes": len(html)}))
+    cut = client.fetch(5.0, 5.0, "c")
+    assert not cut.from_cache and routes[PATH].hits == 2 and client.stats["cache_refetched"] == 1
+    np.testing.assert_array_equal(cut.image, image)
+    assert client.fetch(5.0, 5.0, "c").from_cache
+
+
+def test_unreadable_cache_is_a_named_counted_error_in_fetch_many(local_http_server, tmp_path):
+    image, invvar = fixture_cube(9)
+    base, _ = local_http_server({PATH: [(200, cutout_fits_bytes(image, invvar), 0.0)]})
+    cache = tmp_path / "cache"
+    cache.write_text("a file where the cache directory should be")
+    got, failed = client_for(base, cache).fetch_many([("t1", 1.5, -2.25)])
+    assert got == {} and len(failed) == 1 and failed[0].name == "t1"
+    assert "cutout 't1'" in str(failed[0]) and "ra 1.5000000 deg, dec -2.2500000 deg" in str(failed[0])
+
+
+def test_dripping_server_fails_within_the_deadline(local_http_server, tmp_path):
+    from conftest import _Route
+
+    image, invvar = fixture_cube(10)
+    base, _ = local_http_server({PATH: _Route([(200, cutout_fits_bytes(image, invvar), 0.0)], drip_s=0.3)})
+    client = client_for(base, tmp_path / "cache", deadline_s=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(CutoutError, match=r"'drip': deadline: answer still arriving after deadline_s 1 s") as err:
+        client.fetch(3.0, 3.0, "drip")
+    assert time.monotonic() - t0 < 1.0 + 0.5 + 0.5   # deadline + one socket timeout + margin
+    assert err.value.reason == "deadline" and client.stats["failed"] == 1 and cache_files(tmp_path / "cache") == []
+
+
+def test_oversize_answer_fails_at_once(local_http_server, tmp_path):
+    image, invvar = fixture_cube(11)
+    base, routes = local_http_server({PATH: [(200, cutout_fits_bytes(image, invvar), 0.0)]})
+    client = client_for(base, tmp_path / "cache", max_bytes=50_000)
+    with pytest.raises(CutoutError, match=r"'big': too_large: answer of \d+ bytes \(Content-Length\) exceeds "
+                                          r"max_bytes 50000"):
+        client.fetch(3.0, 3.0, "big")
+    assert routes[PATH].hits == 1 and cache_files(tmp_path / "cache") == []
+
+
+def test_retry_after_is_honoured(local_http_server, tmp_path):
+    from conftest import _Route
+
+    image, invvar = fixture_cube(12)
+    good = cutout_fits_bytes(image, invvar)
+    base, routes = local_http_server({PATH: _Route([(503, b"busy", 0.0), (200, good, 0.0)],
+                                                   headers={"Retry-After": "0.4"})})
+    client = client_for(base, tmp_path / "cache")            # backoff_s 0.01: only Retry-After makes it wait
+    t0 = time.monotonic()
+    cut = client.fetch(4.0, 4.0, "busy")
+    assert time.monotonic() - t0 >= 0.4 and routes[PATH].hits == 2 and client.stats["retries"] == 1
+    np.testing.assert_array_equal(cut.image, image)
+
+
+def test_retry_after_beyond_the_deadline_fails_at_once(local_http_server, tmp_path):
+    from conftest import _Route
+
+    base, routes = local_http_server({PATH: _Route([(429, b"slow down", 0.0)], headers={"Retry-After": "120"})})
+    client = client_for(base, tmp_path / "cache", deadline_s=5.0)
+    t0 = time.monotonic()
+    with pytest.raises(CutoutError, match=r"'rl': http_429: HTTP 429 .*next try \(in 120 s\) would pass "
+                                          r"deadline_s 5 s"):
+        client.fetch(4.0, 4.0, "rl")
+    assert time.monotonic() - t0 < 2.0 and routes[PATH].hits == 1
+
+
+def test_backoff_is_capped(local_http_server, tmp_path):
+    base, routes = local_http_server({PATH: [(503, b"down", 0.0)]})
+    # uncapped: 0.4 + 0.8 + 1.6 = 2.8 s of waits; capped at 0.05 s: 0.15 s
+    client = client_for(base, tmp_path / "cache", retries=3, backoff_s=0.4, max_backoff_s=0.05)
+    assert [client._wait_s(k, _failure()) for k in (1, 2, 3)] == [0.05, 0.05, 0.05]
+    t0 = time.monotonic()
+    with pytest.raises(CutoutError, match=r"http_503: .*after 4 attempts"):
+        client.fetch(4.0, 4.0, "down")
+    assert time.monotonic() - t0 < 1.5 and routes[PATH].hits == 4
+
+
+def _failure():
+    from darkhalo.cutouts import _Failure
+
+    return _Failure("http_503", "HTTP 503")

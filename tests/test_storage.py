@@ -10,9 +10,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from darkhalo.dataset import iter_chunks, read_table, resolve_uri, stamps_of, write_hive
-from darkhalo.stamps import (PIXEL_COLUMNS, StampFormatError, encode_npz, from_tensor_column, stamps_from_native,
-                             to_legacy_table, to_native_table)
+from darkhalo.dataset import (CorruptParquetError, iter_chunks, read_table, resolve_uri, stamps_of, write_hive,
+                              write_parquet)
+from darkhalo.stamps import (PIXEL_COLUMNS, StampFormatError, decode_npz, encode_npz, from_tensor_column,
+                             stamps_from_native, to_legacy_table, to_native_table)
 
 
 def test_native_layout_reads_with_pyarrow_and_numpy_alone(tiny_survey):
@@ -96,3 +97,84 @@ def test_pickled_npz_is_refused(tmp_path):
     chunk = _legacy_chunk(tmp_path, buf.getvalue())
     with pytest.raises(StampFormatError, match="row 1"):
         stamps_of(chunk, 64)
+
+
+def _scribble(path, offset: int, n: int = 4096) -> None:
+    """Overwrite ``n`` bytes at ``offset`` with random bytes (footer left intact)."""
+    data = bytearray(path.read_bytes())
+    data[offset:offset + n] = np.random.default_rng(1).integers(0, 256, n, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_corrupted_parquet_page_fails_naming_the_file(tmp_path):
+    table = pa.table({"image_z": np.random.default_rng(0).random(100_000), "row": np.arange(100_000)})
+    (tmp_path / "d").mkdir()
+    write_parquet(table, tmp_path / "d" / "part-00000.parquet", 65536)
+    write_parquet(table, tmp_path / "d" / "part-00001.parquet", 65536)
+    write_hive(table.append_column("region_split", pa.array(["train"] * table.num_rows)), tmp_path / "h",
+               ["region_split"], 65536)
+    assert read_table(str(tmp_path / "d")).num_rows == 200_000
+    bad = tmp_path / "d" / "part-00001.parquet"
+    _scribble(bad, 100_000)
+    _scribble(tmp_path / "h" / "region_split=train" / "part-0.parquet", 100_000)
+    for read in (lambda: read_table(str(tmp_path / "d")), lambda: read_table(str(bad)),
+                 lambda: list(iter_chunks(str(tmp_path / "d"), batch_rows=4096))):
+        with pytest.raises(CorruptParquetError, match=r"part-00001\.parquet: corrupted parquet page.*rerun"):
+            read()
+    with pytest.raises(CorruptParquetError, match=r"region_split=train/part-0\.parquet"):
+        read_table(str(tmp_path / "h"))
+
+
+def test_parquet_without_checksums_still_reads(tmp_path):
+    """Files written before checksums existed carry no CRC: verification passes them (corruption undetected)."""
+    table = pa.table({"x": np.arange(100_000, dtype=np.float64)})
+    pq.write_table(table, tmp_path / "old.parquet", compression="zstd")
+    assert read_table(str(tmp_path / "old.parquet")).equals(table)
+    assert sum(c.table.num_rows for c in iter_chunks(str(tmp_path))) == 100_000
+
+
+def _npz_bomb(side: int = 3200) -> bytes:
+    """A deflated npz whose 'image_g' member is a (side, side) float32 array of zeros (~41 MB -> ~40 KB)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("image_g.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False,
+                                                          "shape": (side, side)})
+            zeros = bytes(side * 4 * 100)
+            for _ in range(side // 100):
+                member.write(zeros)
+    return buf.getvalue()
+
+
+def test_npz_bomb_is_refused_before_decompression(tmp_path, monkeypatch):
+    import zipfile
+
+    blob = _npz_bomb()
+    assert len(blob) < 200_000
+    chunk = _legacy_chunk(tmp_path, blob)
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("decompressed a member of an oversize npz")
+
+    with pytest.raises(StampFormatError, match=r"legacy\.parquet row 1 column 'stamp_npz': stamp_npz member "
+                                               r"'image_g\.npy' declares 40960128 bytes uncompressed .*more than one "
+                                               r"\(64, 64\) float64 plane \(36864 bytes with header\): refused before"):
+        stamps_of(chunk, 64)
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", no_read)   # nothing of the blob is decompressed
+    with pytest.raises(StampFormatError, match="refused before decompression"):
+        decode_npz(blob, 64, "row 1")
+
+
+def test_npz_header_shape_is_checked_before_the_pixels_are_read(tmp_path):
+    """A member small enough on the zip level whose .npy header declares a larger array."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (5000, 5000)})
+        archive.writestr("image_r.npy", header.getvalue() + bytes(1000))
+    with pytest.raises(StampFormatError, match=r"row 1 .*'image_r'\] has shape \(5000, 5000\), expected \(64, 64\)"):
+        stamps_of(_legacy_chunk(tmp_path, buf.getvalue()), 64)

@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from ..dataset import parquet_bytes, read_table
 from ..normalize import Normalization
 from ..outputs import atomic_write_bytes, write_json
 from ..split import SPLITS
@@ -223,9 +223,7 @@ class Audit:
         """Write the metrics JSON, the markdown report and the quarantine parquet (each atomically)."""
         write_json(metrics_path, self.metrics())
         atomic_write_bytes(report_path, report.markdown(self).encode("utf-8"))
-        sink = pa.BufferOutputStream()
-        pq.write_table(self.quarantine, sink, row_group_size=65536, compression="zstd", write_statistics=True)
-        atomic_write_bytes(quarantine_path, sink.getvalue().to_pybytes())
+        atomic_write_bytes(quarantine_path, parquet_bytes(self.quarantine, 65536))
 
 
 def _num(x) -> float:
@@ -259,7 +257,7 @@ def _codes(names: pa.Array) -> np.ndarray:
 
 def read_assignment(path: str | Path):
     """The split stage's assignment table as a pandas frame (parent_id, healpix_pixel, nside, region_split)."""
-    table = pq.read_table(str(path), columns=["parent_id", "healpix_pixel", "nside", "region_split"])
+    table = read_table(str(path), columns=["parent_id", "healpix_pixel", "nside", "region_split"])
     return table.to_pandas()
 
 
@@ -484,8 +482,6 @@ def brightness_support(scan: Scan, rows: RowContracts, hard_negatives: str, conf
     negatives brighter than every positive learns "bright arc-like structure = not a lens".
     """
     import pandas as pd
-
-    from ..dataset import read_table
 
     survive = ~rows.quarantined
     names = _split_names(scan.meta)
