@@ -10,6 +10,9 @@
   256->256, ReLU), concatenated (1024) and a head Linear 1024->256, ReLU,
   Dropout 0.1, Linear 256->1.  Module names: ``backbone``, ``meta_mlp``, ``head``.
 
+* ``resnet18``: torchvision ``resnet18`` (11 M parameters; a modern small network for a GPU)
+  with its final Linear replaced by the same metadata-joining head as ``resnet_small``.
+
 * ``core_flux_baseline``: logistic regression on the mean normalised flux per
   band inside r < 4 px -- the core-only shortcut as a model, to show what the
   model gates and the centre-masked diagnostic say about a model that reads
@@ -22,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ARCHITECTURES = ("resnet_small", "gen5_convnext", "core_flux_baseline")
+ARCHITECTURES = ("resnet_small", "resnet18", "gen5_convnext", "core_flux_baseline")
 GEN5_METADATA = ("psfsize_r", "psfdepth_r")
 
 
@@ -66,6 +69,25 @@ class ResNetSmall(nn.Module):
         return self.head(x)[:, 0]
 
 
+class ResNet18(nn.Module):
+    """torchvision resnet18 (random init); metadata (if any) joins before the last layer."""
+
+    def __init__(self, n_metadata: int = 0):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        self.backbone = resnet18(weights=None)
+        self.backbone.fc = nn.Identity()
+        self.n_metadata = n_metadata
+        self.head = nn.Sequential(nn.Linear(512 + n_metadata, 64), nn.ReLU(), nn.Linear(64, 1))
+
+    def forward(self, images, metadata=None):
+        x = self.backbone(images)
+        if self.n_metadata:
+            x = torch.cat([x, metadata], dim=1)
+        return self.head(x)[:, 0]
+
+
 class Gen5ConvNeXt(nn.Module):
     """The users' Gen5 architecture (see module docstring)."""
 
@@ -101,6 +123,8 @@ def build_model(architecture: str, n_metadata: int) -> nn.Module:
     """A freshly initialised model (call torch.manual_seed first for determinism)."""
     if architecture == "resnet_small":
         return ResNetSmall(n_metadata)
+    if architecture == "resnet18":
+        return ResNet18(n_metadata)
     if architecture == "gen5_convnext":
         if n_metadata != len(GEN5_METADATA):
             raise ValueError(f"gen5_convnext takes exactly the metadata {GEN5_METADATA}, got {n_metadata} columns")

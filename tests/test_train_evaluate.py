@@ -131,3 +131,14 @@ def test_non_finite_loss_names_the_batch_rows(project):
                      data.theta_e_arcsec[:16], {})
     with pytest.raises(FloatingPointError, match=rf"task ids \[.*{data.task_id[3]}.*\]"):
         train_model(config, small, small, 1, "gen5")
+
+
+@pytest.mark.parametrize("architecture, n_metadata", [("resnet18", 0), ("resnet18", 2), ("resnet_small", 0)])
+def test_every_architecture_scores_the_residual_crop(architecture, n_metadata):
+    from darkhalo.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(architecture, n_metadata).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(4, 3, 32, 32), torch.randn(4, n_metadata))
+    assert logits.shape == (4,) and torch.isfinite(logits).all()
