@@ -43,9 +43,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from . import footprint
-from .cutouts import CutoutClient, CutoutConfig, estimate_invvar
+from .cutouts import CUTOUT_RULES, CutoutClient, CutoutConfig, estimate_invvar
 from .dataset import iter_chunks, open_dataset, stamps_of, write_parquet
 from .parallel import join_uri
+from .params import build
 from .population import PSF_FWHM_MEDIAN_ARCSEC
 from .psf import moffat_kernels, noise_equivalent_area_pix
 from .stamps import PIXEL_COLUMNS, StampBatch, native_columns
@@ -280,7 +281,7 @@ class _ShardWriter:
         self.shard += 1
 
 
-def manifest_parents(config: SurveyConfig, out_dir: str) -> dict:
+def manifest_parents(config: SurveyConfig, out_dir: str, params_path: str = "params.yaml") -> dict:
     """Manifest mode: write the survey shards from ``config.manifest``; returns the metrics' ``source`` entry."""
     uri = config.manifest
     dataset = open_dataset(uri)
@@ -334,12 +335,12 @@ def read_targets(path: str) -> pd.DataFrame:
     return table
 
 
-def target_parents(config: SurveyConfig, out_dir: str) -> dict:
+def target_parents(config: SurveyConfig, out_dir: str, params_path: str = "params.yaml") -> dict:
     """Targets mode: fetch each target's cutout and write the survey shards; returns the metrics' ``source`` entry.
 
     Raises RuntimeError when more than ``max_failed_fraction`` of the fetches fail (listing some).
     """
-    cutout_config = CutoutConfig(**(config.cutout or {}))
+    cutout_config = build(CutoutConfig, config.cutout or {}, "survey.cutout", params_path, CUTOUT_RULES)
     if cutout_config.size_pix != config.stamp_size or abs(cutout_config.pixscale_arcsec - PIXEL_SCALE_ARCSEC) > 1e-9:
         raise ValueError(f"survey.cutout: size_pix {cutout_config.size_pix} / pixscale_arcsec "
                          f"{cutout_config.pixscale_arcsec} must equal survey.stamp_size {config.stamp_size} / "

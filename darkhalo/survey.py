@@ -17,7 +17,6 @@ import pyarrow as pa
 from scipy.signal import fftconvolve
 
 from . import footprint, population
-from .cutouts import CUTOUT_RULES, CutoutConfig
 from .parallel import ENGINE_RULE
 from .params import FRACTION, ParamError, NON_NEGATIVE, POSITIVE, build, section
 from .profiles import render_sersic
@@ -56,7 +55,7 @@ class SurveyConfig:
     mode: str = "embedded"  # embedded (simulate) | manifest (users' parquet cutouts) | targets (fetch cutouts)
     manifest: str = ""      # manifest mode: parquet file or dataset (local, s3://, s3a://)
     targets: str = ""       # targets mode: CSV or parquet target list
-    cutout: dict | None = None  # targets mode: CutoutConfig fields (darkhalo/cutouts.py)
+    cutout: dict | None = None  # targets mode: CutoutConfig fields (darkhalo/cutouts.py; checked by real_parents)
     cache_dir: str = "data/cache/cutouts"  # targets mode: the cutout client's cache
     max_failed_fraction: float = 0.02      # targets mode: more failed fetches than this fail the stage
 
@@ -70,8 +69,7 @@ SURVEY_RULES = {
     "engine": ENGINE_RULE,
     "mode": (lambda v: v in SURVEY_MODES, f"must be one of {list(SURVEY_MODES)}"),
     "max_failed_fraction": FRACTION,
-    "cutout": (lambda v: isinstance(v, dict) and set(v) <= set(CutoutConfig.__dataclass_fields__),
-               f"must be a mapping with keys from {sorted(CutoutConfig.__dataclass_fields__)}"),
+    "cutout": (lambda v: v is None or isinstance(v, dict), "must be a mapping (keys: params.py SCHEMA)"),
 }
 
 
@@ -85,7 +83,6 @@ def survey_config(params: dict, path: str) -> SurveyConfig:
         raise ParamError(f"{path}: survey.nan_stamp_frac + survey.missing_band_frac must be <= 1")
     if config.mode in ("manifest", "targets") and not getattr(config, config.mode):
         raise ParamError(f"{path}: survey.mode = {config.mode!r} needs survey.{config.mode} (a path)")
-    build(CutoutConfig, config.cutout or {}, "survey.cutout", path, CUTOUT_RULES)
     return config
 
 

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         from darkhalo.real_parents import manifest_parents, summarise_real, target_parents
 
         with shard_output(args.out, "local", 1) as tmp:
-            source = (manifest_parents if config.mode == "manifest" else target_parents)(config, tmp)
+            source = (manifest_parents if config.mode == "manifest" else target_parents)(config, tmp, args.params)
         catalogue = read_table(args.out, columns=[f.name for f in CATALOGUE_FIELDS])
         write_json(args.metrics, summarise_real(catalogue, source))
         return
