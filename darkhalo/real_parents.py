@@ -297,7 +297,8 @@ def manifest_parents(config: SurveyConfig, out_dir: str, params_path: str = "par
     for chunk in iter_chunks(uri, ["ra", "dec"], controls_only):
         ra.append(chunk.table.column("ra").to_numpy(zero_copy_only=False).astype(np.float64))
         dec.append(chunk.table.column("dec").to_numpy(zero_copy_only=False).astype(np.float64))
-        where += [f"{chunk.source}: row {chunk.row_offset + i}" for i in range(chunk.table.num_rows)]
+        where += [f"{chunk.source}: row {chunk.row_offset + i}" + (" of its is_control == 1 rows" if controls_only
+                  is not None else "") for i in range(chunk.table.num_rows)]
     ra, dec = (np.concatenate(a) if a else np.zeros(0) for a in (ra, dec))
     if not len(ra):
         raise ValueError(f"{uri}: the manifest has no parent rows" + (" (is_control == 1)" if controls_only else ""))
@@ -349,18 +350,14 @@ def target_parents(config: SurveyConfig, out_dir: str, params_path: str = "param
     ids = parent_ids_by_position(targets["ra"].to_numpy(), targets["dec"].to_numpy())
     targets = targets.assign(parent_id=ids).sort_values("parent_id", kind="stable").reset_index(drop=True)
     client = CutoutClient(cutout_config, config.cache_dir)
-    names = [f"parent {pid}" for pid in targets["parent_id"]]
-    cutouts, failures = client.fetch_many(list(zip(names, targets["ra"], targets["dec"])), desc="survey cutouts")
-    failed_fraction = len(failures) / len(targets) if len(targets) else 0.0
-    if failed_fraction > config.max_failed_fraction:
-        shown = "\n  ".join(str(f) for f in sorted(failures, key=str)[:10])
-        raise RuntimeError(f"survey: {len(failures)} of {len(targets)} cutouts failed ({failed_fraction:.3f} > "
-                           f"survey.max_failed_fraction {config.max_failed_fraction}), e.g.\n  {shown}")
-    writer, prov = _ShardWriter(out_dir, config), Provenance()
+    writer, prov, failures = _ShardWriter(out_dir, config), Provenance(), []
     columns = input_columns(targets.columns)
-    for start in range(0, len(targets), config.shard_rows):
+    for start in range(0, len(targets), config.shard_rows):   # fetched shard by shard: memory bounded by a shard
         part = targets.iloc[start:start + config.shard_rows]
-        part = part[[name in cutouts for name in names[start:start + config.shard_rows]]]
+        names = [f"parent {pid}" for pid in part["parent_id"]]
+        cutouts, failed = client.fetch_many(list(zip(names, part["ra"], part["dec"])), desc="survey cutouts")
+        failures += failed
+        part = part[[name in cutouts for name in names]]
         if not len(part):
             continue
         cuts = [cutouts[f"parent {pid}"] for pid in part["parent_id"]]
@@ -369,6 +366,11 @@ def target_parents(config: SurveyConfig, out_dir: str, params_path: str = "param
         values = {c: part[c].to_numpy() for c in columns}
         writer.add(parent_table(values, batch, part["parent_id"].to_numpy(np.int64), list(part["_where"]),
                                 config, prov))
+    failed_fraction = len(failures) / len(targets) if len(targets) else 0.0
+    if failed_fraction > config.max_failed_fraction:
+        shown = "\n  ".join(str(f) for f in sorted(failures, key=str)[:10])
+        raise RuntimeError(f"survey: {len(failures)} of {len(targets)} cutouts failed ({failed_fraction:.3f} > "
+                           f"survey.max_failed_fraction {config.max_failed_fraction}), e.g.\n  {shown}")
     writer.flush()
     return {"mode": "targets", "targets": config.targets, "parents_in": len(targets),
             "parent_id": "rank of (ra, dec), ties by input order",
