@@ -212,7 +212,8 @@ def test_dvc_repro_on_a_legacy_manifest_runs_the_whole_pipeline_then_is_cached(t
     # the manifest is a dep: changing it reruns the survey
     path = root / "data/external/parents.parquet"
     write_parquet(read_table(str(path)).slice(0, 90), path)
-    assert "survey" in run(dvc + ["status", "survey"], root)
+    status = run(dvc + ["status", "survey"], root)
+    assert "modified:" in status and "data/external/parents.parquet" in status, status
 
 
 def test_dvc_repro_on_fetched_targets_runs_through_split_and_inject(tmp_path, local_http_server):
