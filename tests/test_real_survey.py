@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,8 +13,7 @@ import yaml
 from conftest import copy_project, cutout_fits_bytes, tiny_params, write_params
 
 from darkhalo.dataset import content_hash, read_table, write_parquet
-from darkhalo.stamps import PIXEL_COLUMNS, StampBatch, legacy_blobs, stamps_from_native
-from darkhalo.survey import CATALOGUE_FIELDS
+from darkhalo.stamps import StampBatch, legacy_blobs, stamps_from_native
 from stages import survey
 
 # What the users' legacy parent manifests carry (docs/domain.md "The users' data"): depth in r only, no lrg_*.
@@ -96,6 +96,22 @@ def test_manifest_mode_writes_the_embedded_schema_with_measured_columns(tmp_path
     assert metrics["n_parents"] == 24 and "neighbours_per_stamp_mean" not in metrics
 
 
+def test_hive_stamp_manifest_contributes_its_controls_only(tmp_path):
+    """A Gen5-style stamp manifest (hive-partitioned, ``is_control``): positives are not parents."""
+    from conftest import write_manifest
+
+    truth = embedded_survey(tmp_path, n_parents=12, shard_rows=12)
+    legacy = read_table(str(legacy_manifest(tmp_path / "flat.parquet", truth)))
+    n = legacy.num_rows
+    legacy = legacy.append_column("is_control", pa.array(np.arange(n) % 2, pa.int8())).append_column(
+        "region_split", pa.array(["train", "val", "test"] * (n // 3)))
+    root = write_manifest(legacy, tmp_path / "manifest", row_group_rows=4)
+    table, metrics = run_survey(tmp_path, real_params("manifest", str(root)))
+    assert table.num_rows == n // 2 and metrics["source"]["not_controls_skipped"] == n // 2
+    assert sorted(table.column("ra").to_pylist()) == sorted(
+        ra for ra, c in zip(legacy.column("ra").to_pylist(), np.arange(n) % 2) if c == 1)
+
+
 def test_manifest_missing_a_needed_column_names_file_and_column(tmp_path):
     truth = embedded_survey(tmp_path, n_parents=4, shard_rows=4)
     manifest = legacy_manifest(tmp_path / "manifest.parquet", truth)
@@ -154,7 +170,6 @@ def test_targets_mode_fetches_counts_and_fails_loudly_above_max_failed_fraction(
         truth.column("lrg_flux_nmgy_g").to_numpy()[order[:5]])
     # a rerun is served from the cache; a stricter limit stops the stage naming the failure
     (tmp_path / "survey.json").unlink()
-    import shutil
     shutil.rmtree(tmp_path / "survey")
     with pytest.raises(RuntimeError, match=r"(?s)1 of 6 cutouts failed .*max_failed_fraction 0.1.*parent 5.*404"):
         run_survey(tmp_path, targets_params(targets, base, tmp_path / "cache", max_failed_fraction=0.1))
