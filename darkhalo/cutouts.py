@@ -109,15 +109,20 @@ class Cutout:
     from_cache: bool
 
     def invvar_or_estimate(self) -> np.ndarray:
-        """A copy of ``invvar`` where each present band without a service invvar gets a constant
-        1/sigma^2 from its pixels' 1.4826·MAD (nmgy^-2; 0 where that is not positive)."""
-        invvar = self.invvar.copy()
-        for j in range(3):
-            if self.present[j] and not self.has_invvar[j]:
-                pix = self.image[j][np.isfinite(self.image[j])]
-                sigma = 1.4826 * np.median(np.abs(pix - np.median(pix))) if pix.size else np.nan
-                invvar[j] = 1.0 / sigma**2 if sigma > 0 else 0.0
-        return invvar
+        """A copy of ``invvar`` with estimates for present bands without a service invvar (``estimate_invvar``)."""
+        return estimate_invvar(self.image, self.invvar, self.present, self.has_invvar)
+
+
+def estimate_invvar(image: np.ndarray, invvar: np.ndarray, present: np.ndarray, has_invvar: np.ndarray) -> np.ndarray:
+    """A copy of ``invvar`` (3, S, S) where each present band without a stored invvar gets a constant
+    1/sigma^2 from its pixels' 1.4826·MAD (nmgy^-2; 0 where that is not positive)."""
+    invvar = invvar.copy()
+    for j in range(3):
+        if present[j] and not has_invvar[j]:
+            pix = image[j][np.isfinite(image[j])]
+            sigma = 1.4826 * np.median(np.abs(pix - np.median(pix))) if pix.size else np.nan
+            invvar[j] = 1.0 / sigma**2 if sigma > 0 else 0.0
+    return invvar
 
 
 class _Failure(Exception):

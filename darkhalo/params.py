@@ -47,7 +47,7 @@ SCHEMA = _keys(
     survey=_keys("n_parents", "stamp_size", "n_sky_patches", "supersample", "neighbour_supersample", "moffat_beta",
                  "galaxy_density_r22_per_deg2", "star_density_r22_per_deg2", "masked_stamp_frac", "nan_stamp_frac",
                  "missing_band_frac", "defect_cutout_ok_frac", "shard_rows", "row_group_rows", "workers", "noise",
-                 "engine"),
+                 "engine", "mode", "manifest", "targets", "cache_dir", "max_failed_fraction", cutout=CUTOUT),
     survey_gallery=_keys("n_stamps", "columns"),
     inject=_keys("supersample", "moffat_beta", "tile_pix", "refine_rel", "noise", "sky_mag_per_arcsec2_g",
                  "sky_mag_per_arcsec2_r", "sky_mag_per_arcsec2_z", "core_radius_pix", "batch_size", "device",

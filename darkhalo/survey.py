@@ -26,6 +26,7 @@ from .stamps import StampBatch, native_columns
 from .units import AB_ZP_NMGY, BANDS, PIXEL_SCALE_ARCSEC, depth_mag_from_psfdepth, mag_from_flux_nmgy, mw_transmission, pixel_sigma_nmgy
 
 DEFECT_NONE, DEFECT_NAN, DEFECT_MISSING_BAND = "", "nan_pixels", "missing_band"
+SURVEY_MODES = ("embedded", "manifest", "targets")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,13 @@ class SurveyConfig:
     workers: int = 2
     noise: bool = True  # False renders noiseless stamps (audits and physics tests)
     engine: str = "local"  # where shards run: local (process pool) | spark (darkhalo/parallel.py)
+    # Real parents (darkhalo/real_parents.py); the fields above that shape the simulation are then unused.
+    mode: str = "embedded"  # embedded (simulate) | manifest (users' parquet cutouts) | targets (fetch cutouts)
+    manifest: str = ""      # manifest mode: parquet file or dataset (local, s3://, s3a://)
+    targets: str = ""       # targets mode: CSV or parquet target list
+    cutout: dict | None = None  # targets mode: CutoutConfig fields (darkhalo/cutouts.py; checked by real_parents)
+    cache_dir: str = "data/cache/cutouts"  # targets mode: the cutout client's cache
+    max_failed_fraction: float = 0.02      # targets mode: more failed fetches than this fail the stage
 
 
 SURVEY_RULES = {
@@ -59,6 +67,9 @@ SURVEY_RULES = {
     "masked_stamp_frac": FRACTION, "nan_stamp_frac": FRACTION, "missing_band_frac": FRACTION,
     "defect_cutout_ok_frac": FRACTION, "shard_rows": POSITIVE, "row_group_rows": POSITIVE, "workers": POSITIVE,
     "engine": ENGINE_RULE,
+    "mode": (lambda v: v in SURVEY_MODES, f"must be one of {list(SURVEY_MODES)}"),
+    "max_failed_fraction": FRACTION,
+    "cutout": (lambda v: v is None or isinstance(v, dict), "must be a mapping (keys: params.py SCHEMA)"),
 }
 
 
@@ -70,6 +81,8 @@ def survey_config(params: dict, path: str) -> SurveyConfig:
     config = build(SurveyConfig, section(params, "survey", path), "survey", path, SURVEY_RULES, seed=seed)
     if config.nan_stamp_frac + config.missing_band_frac > 1:
         raise ParamError(f"{path}: survey.nan_stamp_frac + survey.missing_band_frac must be <= 1")
+    if config.mode in ("manifest", "targets") and not getattr(config, config.mode):
+        raise ParamError(f"{path}: survey.mode = {config.mode!r} needs survey.{config.mode} (a path)")
     return config
 
 

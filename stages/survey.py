@@ -1,9 +1,11 @@
-"""DVC stage `survey`: simulate the embedded DR10 LRG parent sample.
+"""DVC stage `survey`: the DR10 LRG parent sample, simulated (default) or real.
 
 Writes ``data/survey/part-NNNNN.parquet`` (native layout, one row per parent)
-and ``metrics/survey.json``.  Shards are pure functions of (params, shard
-index), rendered on ``survey.engine``: a local process pool or Spark
-(``--out`` may then be an ``s3://`` / ``s3a://`` prefix).
+and ``metrics/survey.json``.  ``survey.mode``: ``embedded`` simulates the
+parents; shards are pure functions of (params, shard index), rendered on
+``survey.engine``: a local process pool or Spark (``--out`` may then be an
+``s3://`` / ``s3a://`` prefix).  ``manifest`` and ``targets`` read the users'
+cutouts or fetch them (darkhalo/real_parents.py).
 """
 from __future__ import annotations
 
@@ -34,6 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", default="metrics/survey.json")
     args = parser.parse_args(argv)
     config = survey_config(load_params(args.params), args.params)
+    if config.mode != "embedded":
+        from darkhalo.real_parents import manifest_parents, summarise_real, target_parents
+
+        with shard_output(args.out, "local", 1) as tmp:
+            source = (manifest_parents if config.mode == "manifest" else target_parents)(config, tmp, args.params)
+        catalogue = read_table(args.out, columns=[f.name for f in CATALOGUE_FIELDS])
+        write_json(args.metrics, summarise_real(catalogue, source))
+        return
     patches = sky_patches(config)
     n_shards = -(-config.n_parents // config.shard_rows)
     with shard_output(args.out, config.engine, config.workers) as tmp:
