@@ -140,7 +140,11 @@ def retry_after_s(value: str | None) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        pass
+        return _seconds_until_http_date(value)
+
+
+def _seconds_until_http_date(value: str) -> float | None:
+    """Seconds from now until an HTTP date (``Retry-After`` form); None if unreadable."""
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -1,6 +1,7 @@
 """Interrupted stages leave nothing behind (issue 13): SIGTERM cleans up, a rerun sweeps what SIGKILL left."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,14 +27,12 @@ def files(directory: Path) -> dict[str, bytes]:
 
 def running(procs: list[psutil.Process]) -> list[psutil.Process]:
     """Those of ``procs`` still running (zombies count as ended: nothing may reap an orphan here)."""
-    alive = []
-    for proc in procs:
+    def alive(proc: psutil.Process) -> bool:
         try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
         except psutil.NoSuchProcess:
-            pass
-    return alive
+            return False
+    return [proc for proc in procs if alive(proc)]
 
 
 def wait_until(condition, what: str, timeout_s: float = TIMEOUT_S):
@@ -62,10 +61,8 @@ class SurveyProcess:
         return self
 
     def __exit__(self, *exc) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):   # the group has already ended
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait()
 
     def temps(self) -> list[Path]:

@@ -29,17 +29,22 @@ def pipeline_params() -> dict:
     return params
 
 
-def make_project(tmp_path):
-    """A git+DVC repository holding this project's pipeline with tiny params."""
-    root = tmp_path / "project"
-    copy_project(root, pipeline_params())
+def init_repo(root, message: str):
+    """Make ``root`` a git + DVC repository with everything in it committed; returns ``root``."""
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "ci@example.org"], root)
     run(["git", "config", "user.name", "ci"], root)
     run([sys.executable, "-m", "dvc", "init", "-q"], root)
     run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "tiny project"], root)
+    run(["git", "commit", "-qm", message], root)
     return root
+
+
+def make_project(tmp_path):
+    """A git+DVC repository holding this project's pipeline with tiny params."""
+    root = tmp_path / "project"
+    copy_project(root, pipeline_params())
+    return init_repo(root, "tiny project")
 
 
 def test_dvc_repro_runs_then_is_cached_and_clean(tmp_path):

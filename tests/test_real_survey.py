@@ -186,7 +186,7 @@ def add_survey_dep(root: Path, dep: str) -> None:
 
 def real_project(tmp_path: Path, params: dict, inputs: dict[str, bytes]) -> Path:
     """A git+DVC repository with this project's pipeline, ``params`` and input files (path -> bytes) as survey deps."""
-    from test_pipeline_dvc import pipeline_params, run
+    from test_pipeline_dvc import init_repo, pipeline_params
 
     root = tmp_path / "project"
     base = pipeline_params()
@@ -196,13 +196,7 @@ def real_project(tmp_path: Path, params: dict, inputs: dict[str, bytes]) -> Path
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
         add_survey_dep(root, rel)
-    run(["git", "init", "-q"], root)
-    run(["git", "config", "user.email", "ci@example.org"], root)
-    run(["git", "config", "user.name", "ci"], root)
-    run([sys.executable, "-m", "dvc", "init", "-q"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "real-parents project"], root)
-    return root
+    return init_repo(root, "real-parents project")
 
 
 def test_dvc_repro_on_a_legacy_manifest_runs_the_whole_pipeline_then_is_cached(tmp_path):
