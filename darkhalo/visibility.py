@@ -8,8 +8,11 @@ what is left in an annulus around the expected Einstein radius:
   stamp centre, written as a multi-Gaussian expansion so that its convolution
   with the band's Moffat PSF (also an MGE) is analytic, and integrated over
   pixels.  A Sersic profile decreases monotonically: it cannot absorb a ring.
-  The shape is fitted with scipy least_squares (fluxes and sky solved linearly
-  inside) on pixels within ~4" that are outside theta_E +-
+  The shape (e1, e2, log R_e, n) is fitted with scipy least_squares, fluxes and
+  sky solved linearly inside (variable projection) and the Jacobian analytic
+  (each Gaussian's derivatives, ``_sersic_images``, projected as in
+  ``_varpro_jacobian``; ~3x faster than the 2-point numerical one it replaced,
+  same results to ~1e-4 in S/N on most stamps) on pixels within ~4" that are outside theta_E +-
   ``fit_exclusion_half_width_psf_fwhm`` x FWHM (default: the annulus itself;
   the central disc r < ``core_radius_psf_fwhm`` x FWHM is always fitted), not
   owned by another detected source (``other_sources_mask``: neighbours, stars),
@@ -90,6 +93,14 @@ def sersic_mge(n_sersic: float) -> np.ndarray:
     return (1.0 - frac) * table[lo] + frac * table[lo + 1]
 
 
+def _sersic_mge_slope(n_sersic: float) -> np.ndarray:
+    """d(amplitudes)/dn of ``sersic_mge`` at ``n_sersic`` (the slope of its linear interpolation in n)."""
+    table = _sersic_mge_table()
+    pos = np.interp(n_sersic, _SERSIC_N_GRID, np.arange(len(_SERSIC_N_GRID)))
+    lo = int(min(np.floor(pos), len(_SERSIC_N_GRID) - 2))
+    return (table[lo + 1] - table[lo]) / (_SERSIC_N_GRID[lo + 1] - _SERSIC_N_GRID[lo])
+
+
 @dataclass(frozen=True)
 class LensLightFit:
     """Fitted lens light: ``model`` (B, S, S) nmgy/pixel, the Sersic shape and per-band flux."""
@@ -106,29 +117,88 @@ class LensLightFit:
     chi2_per_pixel: float
 
 
-def _sersic_image(dx, dy, q, phi, reff, n, psf_sigma2_arcsec2, psf_weights):
-    """Unit-flux elliptical Sersic (MGE) convolved with a PSF MGE, integrated over pixels, at offsets (N,)."""
-    cos_p, sin_p = np.cos(phi), np.sin(phi)
-    xp = cos_p * dx + sin_p * dy
-    yp = -sin_p * dx + cos_p * dy
-    amp = sersic_mge(n)
-    use = amp > 0.0
-    amp = amp[use]
-    s2 = (_SERSIC_MGE_SIGMAS_RE[use] * reff) ** 2
-    pix_var = PIXEL_SCALE_ARCSEC**2 / 12.0  # pixel integration
-    out = np.zeros(dx.shape)
-    xp2, yp2 = xp[None] ** 2, yp[None] ** 2
-    for w_m, t2 in zip(psf_weights, psf_sigma2_arcsec2):
-        var_major = s2 / q + pix_var + t2   # R = sqrt(q x'^2 + y'^2 / q): sigma_major = s / sqrt(q)
-        var_minor = s2 * q + pix_var + t2
-        norm = w_m * amp * PIXEL_SCALE_ARCSEC**2 / (2.0 * np.pi * np.sqrt(var_major * var_minor))
-        out += norm @ np.exp(-0.5 * (xp2 / var_major[:, None] + yp2 / var_minor[:, None]))
-    return out
+_E_MAX = 2.0 / 3.0                              # |e| clipped here: q >= 0.2
+_PIX_VAR_ARCSEC2 = PIXEL_SCALE_ARCSEC**2 / 12.0  # pixel integration, as a Gaussian of the pixel's variance
+
+
+def _shape_covariance(e1, e2):
+    """Unit-determinant shape covariance (Sxx, Sxy, Syy) of ellipticity (e1, e2), and its (2, 3) derivatives.
+
+    With e = |(e1, e2)| (clipped at ``_E_MAX``), q = (1 - e) / (1 + e) and
+    phi = atan2(e2, e1) / 2 the covariance is R(phi) diag(1/q, q) R(phi)^T:
+    Sxx, Sxy, Syy = (1 + e^2 + 2 e1, 2 e2, 1 + e^2 - 2 e1) / (1 - e^2), smooth
+    in (e1, e2) (also at e = 0, where phi is undefined).
+    """
+    e = np.hypot(e1, e2)
+    g1, g2, shrink = e1, e2, np.eye(2)
+    if e > _E_MAX:  # clipped radially: only the tangential direction moves the shape
+        u = np.array([e1, e2]) / e
+        g1, g2 = _E_MAX * u
+        shrink = _E_MAX / e * (np.eye(2) - np.outer(u, u))
+    g_sq = g1 * g1 + g2 * g2
+    s = 1.0 - g_sq
+    cov = np.array([1.0 + g_sq + 2.0 * g1, 2.0 * g2, 1.0 + g_sq - 2.0 * g1]) / s
+    # d(numerator)/dg_i / s + numerator * 2 g_i / s^2
+    d_g = np.array([[2.0 * g1 + 2.0, 0.0, 2.0 * g1 - 2.0], [2.0 * g2, 2.0, 2.0 * g2]]) / s
+    d_g += np.outer([g1, g2], cov) * (2.0 / s)
+    return cov, shrink.T @ d_g
+
+
+def _sersic_images(quad, params, psf_sigma2_arcsec2, psf_weights, jacobian=False, exp_float32=False):
+    """Unit-flux elliptical Sersic (MGE) convolved with each band's PSF MGE, integrated over pixels.
+
+    ``quad`` (3, N): (dx^2, 2 dx dy, dy^2) of the pixel offsets from the centre
+    (arcsec^2); ``params``: (e1, e2, log R_e/arcsec, n); ``psf_sigma2_arcsec2``
+    (B, M) and ``psf_weights`` (M,): the PSF MGE of each band.  Every Sersic x
+    PSF component is a Gaussian of covariance s_k^2 S(e1, e2) + (t_m^2 + pixel^2/12) I.
+    Returns the images (B, N) in 1/pixel, and with ``jacobian`` also their
+    derivatives (B, N, 4) with respect to the params (analytic: for a Gaussian
+    of covariance C and P = C^-1, dG = G (-tr(P dC) + d^T P dC P d) / 2).
+    ``exp_float32``: exponentials in float32 (SIMD: this step ~2x faster;
+    relative error ~1e-7), for a final model only: inside the fit that rounding
+    noise in the cost would defeat least_squares' ftol test and cost iterations.
+    """
+    e1, e2, log_reff, n = params
+    (sxx, sxy, syy), d_shape = _shape_covariance(e1, e2)
+    amp, d_amp = sersic_mge(n), _sersic_mge_slope(n)
+    use = (amp > 0.0) | (d_amp != 0.0)
+    s2 = (_SERSIC_MGE_SIGMAS_RE[use] * np.exp(log_reff)) ** 2                              # (K,) arcsec^2
+    t2 = np.asarray(psf_sigma2_arcsec2)[:, :, None] + _PIX_VAR_ARCSEC2                    # (B, M, 1)
+    cxx, cyy = s2 * sxx + t2, s2 * syy + t2                                                # (B, M, K)
+    cxy = np.broadcast_to(s2 * sxy, cxx.shape)
+    det = cxx * cyy - cxy * cxy
+    pxx, pxy, pyy = cyy / det, -cxy / det, cxx / det                                       # P = C^-1
+    norm = np.asarray(psf_weights)[:, None] * PIXEL_SCALE_ARCSEC**2 / (2.0 * np.pi * np.sqrt(det))
+    n_band, n_pix = len(t2), quad.shape[1]
+    gauss = np.stack([pxx, pxy, pyy], axis=-1).reshape(-1, 3) @ (-0.5 * quad)              # (B*M*K, N)
+    if exp_float32:
+        gauss = gauss.astype(np.float32)
+    np.exp(gauss, out=gauss)
+    gauss = gauss.reshape(n_band, -1, n_pix)                                               # (B, J, N)
+    coef = (norm * amp[use]).reshape(n_band, 1, -1)                                       # (B, 1, J)
+    if not jacobian:
+        return (coef @ gauss)[:, 0]
+    # dC/d(e1, e2, log R_e): s^2 dS/de for the shape, 2 s^2 S for the size; (3 params, 3 entries, 1, 1, K)
+    d_cov = np.concatenate([d_shape[:, :, None] * s2, 2.0 * s2 * np.array([[[sxx], [sxy], [syy]]])])
+    x, y, z = (d_cov[:, i, None, None, :] for i in range(3))
+    a, b, c = pxx, pxy, pyy
+    trace = a * x + 2.0 * b * y + c * z                                                    # tr(P dC)
+    m_xx = a * a * x + 2.0 * a * b * y + b * b * z                                         # P dC P
+    m_xy = a * b * x + (a * c + b * b) * y + b * c * z
+    m_yy = b * b * x + 2.0 * b * c * y + c * c * z
+    terms = np.stack([-0.5 * trace, 0.5 * m_xx, 0.5 * m_xy, 0.5 * m_yy], axis=1) * (norm * amp[use])
+    rows = np.concatenate([coef, np.moveaxis(terms, 2, 0).reshape(n_band, 12, -1),
+                           (norm * d_amp[use]).reshape(n_band, 1, -1)], axis=1)            # (B, 14, J)
+    sums = rows @ gauss                                                                    # (B, 14, N)
+    poly = sums[:, 1:13].reshape(n_band, 3, 4, n_pix)
+    d_image = poly[:, :, 0] + np.einsum("bpqn,qn->bpn", poly[:, :, 1:], quad)             # (B, 3, N)
+    return sums[:, 0], np.concatenate([d_image, sums[:, 13:]], axis=1).transpose(0, 2, 1)
 
 
 def _shape(params):
+    """(q, phi/rad, R_e/arcsec, n) of the fitted params (e1, e2, log R_e, n)."""
     e1, e2, log_reff, n = params
-    e = min(np.hypot(e1, e2), 2.0 / 3.0)  # q >= 0.2
+    e = min(np.hypot(e1, e2), _E_MAX)  # q >= 0.2
     return (1.0 - e) / (1.0 + e), 0.5 * np.arctan2(e2, e1), float(np.exp(log_reff)), n
 
 
@@ -160,14 +230,40 @@ def light_centre_arcsec(image: np.ndarray, invvar: np.ndarray, window_sigma_arcs
 
 
 def _linear_solve(unit, data, sw):
-    """Weighted least squares of data = f * unit + sky with f >= 0; returns (f, sky, model)."""
-    w2 = sw**2
-    a11, a12, a22 = np.sum(w2 * unit * unit), np.sum(w2 * unit), np.sum(w2)
-    b1, b2 = np.sum(w2 * unit * data), np.sum(w2 * data)
+    """Weighted least squares of data = f * unit + sky with f >= 0, per row of (B, N) arrays.
+
+    ``sw``: sqrt(invvar), 0 on pixels not fitted.  Returns (f (B,), sky (B,),
+    model (B, N)); a band without any weighted pixel gets a NaN sky and model.
+    """
+    w2 = sw * sw
+    a11, a12, a22 = np.sum(w2 * unit * unit, -1), np.sum(w2 * unit, -1), np.sum(w2, -1)
+    b1, b2 = np.sum(w2 * unit * data, -1), np.sum(w2 * data, -1)
     det = a11 * a22 - a12 * a12
-    flux = max((a22 * b1 - a12 * b2) / det, 0.0) if det > 0 else 0.0   # the lens cannot be negative
-    sky = (b2 - flux * a12) / a22
-    return float(flux), float(sky), flux * unit + sky
+    with np.errstate(divide="ignore", invalid="ignore"):
+        flux = np.where(det > 0, np.maximum((a22 * b1 - a12 * b2) / det, 0.0), 0.0)  # the lens cannot be negative
+        sky = (b2 - flux * a12) / a22
+    return flux, sky, flux[:, None] * unit + sky[:, None]
+
+
+def _varpro_jacobian(unit, d_unit, sw, flux, chi):
+    """d chi / d params (B, N, P) for chi = (data - flux unit - sky) sw, flux and sky at their optimum per band.
+
+    ``unit``, ``sw``, ``chi``: (B, N); ``d_unit``: (B, N, P); ``flux``: (B,).
+    The exact variable-projection (Golub-Pereyra) derivative: with A = sw [unit, 1],
+    c = (flux, sky) and dA = sw [d_unit, 0],
+    d chi = -P_perp dA c - A (A^T A)^-1 dA^T chi, where P_perp projects out
+    the columns of A.  Zero in a band whose flux is held at 0 (its model is then sky only).
+    """
+    a = sw * unit
+    z = sw[:, :, None] * d_unit                                                    # (B, N, P)
+    g11, g12, g22 = np.sum(a * a, -1), np.sum(a * sw, -1), np.sum(sw * sw, -1)     # A^T A
+    r1 = flux[:, None] * np.einsum("bn,bnp->bp", a, z) - np.einsum("bn,bnp->bp", chi, z)
+    r2 = flux[:, None] * np.einsum("bn,bnp->bp", sw, z)
+    active = flux > 0.0
+    det = np.where(active, g11 * g22 - g12 * g12, 1.0)[:, None]
+    k1, k2 = (g22[:, None] * r1 - g12[:, None] * r2) / det, (g11[:, None] * r2 - g12[:, None] * r1) / det
+    jac = -flux[:, None, None] * z + a[:, :, None] * k1[:, None] + sw[:, :, None] * k2[:, None]
+    return np.where(active[:, None, None], jac, 0.0)
 
 
 def fit_lens_light(image: np.ndarray, invvar: np.ndarray, psf_fwhm_arcsec, fit_mask: np.ndarray,
@@ -179,59 +275,62 @@ def fit_lens_light(image: np.ndarray, invvar: np.ndarray, psf_fwhm_arcsec, fit_m
     pixels where ``fit_mask`` (S, S) is True, invvar > 0 and values are
     finite.  ``psf_fwhm_arcsec`` (B,): Moffat FWHM per band.  Raises
     ValueError if fewer than 20 usable pixels.
+
+    The fit is scipy least_squares (trust region) over (e1, e2, log R_e, n)
+    with an analytic Jacobian; per band the flux and sky are solved linearly
+    inside (variable projection, ``_varpro_jacobian``).  All bands are
+    evaluated on the union of the fitted pixels, a pixel not fitted in a band
+    having zero weight there.
     """
     image = np.asarray(image, np.float64)
     invvar = np.asarray(invvar, np.float64)
     n_band, size, _ = image.shape
     fwhm = np.broadcast_to(np.asarray(psf_fwhm_arcsec, np.float64), (n_band,))
     weights, sig_alpha = moffat_mge(beta)
-    psf_s2 = [(sig_alpha * moffat_alpha_pix(f, beta) * PIXEL_SCALE_ARCSEC) ** 2 for f in fwhm]
+    psf_s2 = np.array([(sig_alpha * moffat_alpha_pix(f, beta) * PIXEL_SCALE_ARCSEC) ** 2 for f in fwhm])
     x, y = pixel_coords_arcsec(size)
     x0, y0 = centre_arcsec
-    good = np.isfinite(image) & np.isfinite(invvar) & (invvar > 0) & fit_mask[None]
+    dx, dy = x.reshape(-1) - x0, y.reshape(-1) - y0
+    quad_all = np.stack([dx * dx, 2.0 * dx * dy, dy * dy])     # (3, S*S) arcsec^2
+    good = (np.isfinite(image) & np.isfinite(invvar) & (invvar > 0) & fit_mask[None]).reshape(n_band, -1)
     if good.sum() < 20:
         raise ValueError(f"lens-light fit: only {int(good.sum())} usable pixels")
-    sel = [np.flatnonzero(good[b]) for b in range(n_band)]
-    data = [image[b].reshape(-1)[s] for b, s in enumerate(sel)]
-    sw = [np.sqrt(invvar[b].reshape(-1)[s]) for b, s in enumerate(sel)]
-    dxs = [x.reshape(-1)[s] - x0 for s in sel]
-    dys = [y.reshape(-1)[s] - y0 for s in sel]
-    keep = [np.ones(len(d), bool) for d in data]
+    union = np.flatnonzero(good.any(axis=0))
+    quad = quad_all[:, union]
+    data = np.where(good[:, union], image.reshape(n_band, -1)[:, union], 0.0)          # (B, U) nmgy/pixel
+    sw_good = np.sqrt(np.where(good[:, union], invvar.reshape(n_band, -1)[:, union], 0.0))
+    sw = sw_good.copy()                        # weights of the pass: 0 where not fitted (or clipped)
+    last = {}  # the Jacobian computed with the latest residuals, for least_squares' jac call
 
     def residuals(params):
-        q, phi, reff, n = _shape(params)
-        out = []
-        for b in range(n_band):
-            k = keep[b]
-            unit = _sersic_image(dxs[b][k], dys[b][k], q, phi, reff, n, psf_s2[b], weights)
-            out.append((data[b][k] - _linear_solve(unit, data[b][k], sw[b][k])[2]) * sw[b][k])
-        return np.concatenate(out)
+        units, d_units = _sersic_images(quad, params, psf_s2, weights, jacobian=True)
+        flux, _, fitted = _linear_solve(units, data, sw)
+        chi = np.where(sw > 0, (data - fitted) * sw, 0.0)   # 0 (not NaN) in a band without pixels
+        last["params"] = np.array(params)
+        last["jac"] = _varpro_jacobian(units, d_units, sw, flux, chi).reshape(-1, 4)
+        return chi.reshape(-1)
+
+    def jacobian(params):
+        if not np.array_equal(params, last.get("params")):
+            residuals(params)
+        return last["jac"]
 
     bounds = ([-0.7, -0.7, np.log(0.05), _SERSIC_N_GRID[0]], [0.7, 0.7, np.log(8.0), _SERSIC_N_GRID[-1]])
     scale = [0.05, 0.05, 0.1, 0.3]
-    fit = least_squares(residuals, np.array([0.0, 0.0, np.log(0.8), 3.0]), bounds=bounds, x_scale=scale,
-                        diff_step=1e-4, max_nfev=60)
-    # drop outliers (neighbours, stars) and refit once from the first solution
-    chi = residuals(fit.x)
-    offset = 0
-    for b in range(n_band):
-        keep[b] = np.abs(chi[offset:offset + len(data[b])]) < clip_sigma
-        offset += len(data[b])
-    fit = least_squares(residuals, fit.x, bounds=bounds, x_scale=scale, diff_step=1e-4, max_nfev=30)
+    fit = least_squares(residuals, np.array([0.0, 0.0, np.log(0.8), 3.0]), jac=jacobian, bounds=bounds,
+                        x_scale=scale, max_nfev=60)
+    # drop outliers (neighbours, stars) and refit once from the first solution (fit.fun: chi there);
+    # residuals() reads sw from this scope, so the second pass uses the clipped weights
+    sw = np.where(np.abs(fit.fun.reshape(n_band, -1)) < clip_sigma, sw_good, 0.0)
+    fit = least_squares(residuals, fit.x, jac=jacobian, bounds=bounds, x_scale=scale, max_nfev=30)
     q, phi, reff, n = _shape(fit.x)
-    model = np.empty((n_band, size, size))
-    fluxes, chi2, n_used = [], 0.0, 0
-    for b in range(n_band):
-        k = keep[b]
-        unit = _sersic_image(dxs[b][k], dys[b][k], q, phi, reff, n, psf_s2[b], weights)
-        flux, sky, fitted = _linear_solve(unit, data[b][k], sw[b][k])
-        chi2 += float(np.sum(((data[b][k] - fitted) * sw[b][k]) ** 2))
-        n_used += int(k.sum())
-        full = _sersic_image(x.reshape(-1) - x0, y.reshape(-1) - y0, q, phi, reff, n, psf_s2[b], weights)
-        model[b] = (flux * full + sky).reshape(size, size)
-        fluxes.append(flux)
-    return LensLightFit(model, float(x0), float(y0), float(q), float(phi), reff, float(n), tuple(fluxes),
-                        n_used, chi2 / max(n_used, 1))
+    full = _sersic_images(quad_all, fit.x, psf_s2, weights, exp_float32=True)          # (B, S*S)
+    flux, sky, fitted = _linear_solve(full[:, union], data, sw)
+    model = (flux[:, None] * full + sky[:, None]).reshape(n_band, size, size)
+    n_used = int((sw > 0).sum())
+    chi2 = float(np.sum(np.where(sw > 0, (data - fitted) * sw, 0.0) ** 2))
+    return LensLightFit(model, float(x0), float(y0), float(q), float(phi), reff, float(n),
+                        tuple(float(f) for f in flux), n_used, chi2 / max(n_used, 1))
 
 
 def other_sources_mask(image: np.ndarray, invvar: np.ndarray, centre_arcsec: tuple[float, float],
