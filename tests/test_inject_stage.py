@@ -23,7 +23,7 @@ def assignment(tiny_assignment):
 
 def inject_params(**inject_overrides):
     params = tiny_params()
-    params["inject"].update(workers=1, batch_size=16, **inject_overrides)
+    params["inject"].update(batch_size=16, **inject_overrides)
     params["generations"]["gen5p"]["n_candidates"] = 4
     return params
 
@@ -118,7 +118,9 @@ def test_same_params_give_byte_identical_injections(tmp_path, tiny_survey, assig
     (lambda p: p["generations"]["gen5p"]["priors"].update(theta_e={"grid": [1.0]}),
      r"generations\.gen5p\.priors: unknown key 'theta_e' \(did you mean 'theta_e_arcsec'\?\)"),
     (lambda p: p["generations"]["gen5p"].update(arc_snr_target={"normal": [10, 2]}), r"arc_snr_target: must be uniform"),
-    (lambda p: p["inject"].update(device="tpu"), r"inject\.device = 'tpu': must be cpu, cuda or auto"),
+    (lambda p: p["runtime"].update(device="tpu"), r"runtime\.device = 'tpu': must be cpu, cuda or auto"),
+    (lambda p: p["inject"].update(device="cuda"),
+     r"inject: unknown key 'device' \(now runtime\.device: execution settings are not science params\)"),
 ])
 def test_bad_injection_params_are_named(tmp_path, tiny_survey, assignment, mutate, message):
     params = inject_params()

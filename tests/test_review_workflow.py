@@ -1,5 +1,6 @@
 """The review workflow on the real dvc.yaml: one tiny `dvc repro` (survey ... report), then the DVC
-commands a reviewer runs -- metrics show / diff, plots, status after a param change, a queued experiment.
+commands a reviewer runs -- metrics show / diff, plots, status after a param or runtime change, a queued
+experiment.
 
 The project is built once (shared by every test here, also across pytest-xdist workers, under a file
 lock); each test works in its own `git clone` with a copy of the DVC cache, so tests never share a
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from conftest import copy_project, report_links_mismatching, review_params, write_params
+from test_pipeline_dvc import init_repo
 
 UPSTREAM = {"survey", "survey_gallery", "split", "hard_negatives", "anchors", "inject@gen5", "inject@gen5p",
             "benchmark_injections", "benchmark", "data_gates@gen5", "data_gates@gen5p", "train@gen5", "evaluate@gen5"}
@@ -43,12 +45,7 @@ def ran_stages(output: str) -> set[str]:
 def build(root: Path) -> None:
     """A git + DVC repository with this project's pipeline and tiny params, reproduced and committed."""
     copy_project(root, review_params())
-    run(["git", "init", "-q"], root)
-    run(["git", "config", "user.email", "ci@example.org"], root)
-    run(["git", "config", "user.name", "ci"], root)
-    run(DVC + ["init", "-q"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "tiny project"], root)
+    init_repo(root, "tiny project")
     output = run(DVC + ["repro"], root)
     assert {"compare", "report"} <= ran_stages(output), output[-3000:]
     run(["git", "add", "-A"], root)
@@ -170,3 +167,19 @@ def test_queued_gen5p_variant_runs_and_reports_its_metrics(clone):
     diff = run(DVC + ["exp", "diff", "HEAD", "hnf05", "--md"], clone)
     assert "metrics/gen5p/train.json" in diff and "generations.gen5p.train.hard_negative_frac" in diff
     assert "metrics/gen5/" not in diff
+
+
+def test_runtime_settings_rerun_nothing(clone):
+    """Workers, engine, threads, device and cutout threads are in no stage's params: `dvc status` stays
+    clean; science keys of a section that stages read key by key still mark exactly their readers."""
+    for key, value in (("workers", 2), ("engine", "spark"), ("threads", 2), ("device", "cuda"),
+                       ("cutout_workers", 9)):
+        set_param(clone, f"runtime.{key}", value)
+    assert json.loads(run(DVC + ["status", "--json"], clone)) == {}
+    assert "Data and pipelines are up to date" in run(DVC + ["status"], clone)
+    set_param(clone, "inject.acceptance_bins", 30)   # arc-S/N sampling: the injection stages only
+    assert set(json.loads(run(DVC + ["status", "--json"], clone))) == \
+        {"inject@gen5", "inject@gen5p", "benchmark_injections"}
+    set_param(clone, "inject.tile_pix", 8)           # rendering: also the anchors and evaluate's arc redraws
+    assert set(json.loads(run(DVC + ["status", "--json"], clone))) == \
+        {"inject@gen5", "inject@gen5p", "benchmark_injections", "anchors", "evaluate@gen5", "evaluate@gen5p"}
