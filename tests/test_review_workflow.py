@@ -96,13 +96,17 @@ def test_metrics_plots_and_report_cover_both_generations(clone):
     assert "Data and pipelines are up to date" in run(DVC + ["status"], clone)
     shown = json.loads(run(DVC + ["metrics", "show", "--json"], clone))
     data = next(iter(shown.values()))["data"]
-    for gen in ("gen5", "gen5p"):
-        for name in ("evaluate", "model_gates", "train", "inject", "data_gates"):
-            assert f"metrics/{gen}/{name}.json" in data, sorted(data)
-    assert data["metrics/gen5/evaluate.json"]["data"]["benchmark_sha256"] == \
-        data["metrics/gen5p/evaluate.json"]["data"]["benchmark_sha256"] == \
-        data["metrics/compare.json"]["data"]["benchmark_sha256"]
-    compare = data["metrics/compare.json"]["data"]
+    assert sorted(data) == ["metrics/summary.json"]   # the headline; the detail JSONs are plain outs
+    summary = data["metrics/summary.json"]["data"]
+    assert {"gen5", "gen5p", "difference", "verdict_counts"} <= set(summary) and "auc" in summary["difference"]
+    detail = {f"metrics/{gen}/{name}.json": json.loads((clone / "metrics" / gen / f"{name}.json").read_text())
+              for gen in ("gen5", "gen5p") for name in ("evaluate", "model_gates", "train", "inject", "data_gates")}
+    detail["metrics/compare.json"] = json.loads((clone / "metrics" / "compare.json").read_text())
+    assert detail["metrics/gen5/evaluate.json"]["benchmark_sha256"] == \
+        detail["metrics/gen5p/evaluate.json"]["benchmark_sha256"] == detail["metrics/compare.json"]["benchmark_sha256"]
+    shown = json.loads(run(DVC + ["metrics", "show", "--json", "metrics/gen5p/evaluate.json"], clone))
+    assert "roc" in next(iter(shown.values()))["data"]["metrics/gen5p/evaluate.json"]["data"]   # any file on request
+    compare = detail["metrics/compare.json"]
     assert (compare["baseline"], compare["candidate"]) == ("gen5", "gen5p") and compare["n_metrics"] > 20
     # one plot per curve holding both generations (top-level plots, generations from compare.*)
     plots = json.loads(run(DVC + ["plots", "show", "--json"], clone))
@@ -136,9 +140,14 @@ def test_gen5p_training_param_reruns_only_gen5p_training_and_after(clone):
     run(["git", "commit", "-qm", "gen5p: learning rate 5e-4"], clone)
     diff = run(DVC + ["metrics", "diff", "HEAD~1", "--md"], clone)
     assert diff.startswith("| Path") and "| Change" in diff.splitlines()[0]
-    moved = {line.split("|")[1].strip() for line in diff.splitlines()[2:] if line.startswith("|")}
-    assert "metrics/gen5p/train.json" in moved and "metrics/gen5p/evaluate.json" in moved, moved
-    assert not any(path.startswith(("metrics/gen5/", "metrics/split", "metrics/survey")) for path in moved), moved
+    rows = [[cell.strip() for cell in line.split("|")[1:3]] for line in diff.splitlines()[2:] if line.startswith("|")]
+    assert {path for path, _ in rows} == {"metrics/summary.json"} and len(rows) < 60, diff   # the headline only
+    moved = {metric.split(".")[0] for _, metric in rows}
+    assert "gen5p" in moved and "gen5" not in moved, moved
+    detail = run(DVC + ["metrics", "diff", "HEAD~1", "--md", "--targets", "metrics/gen5p/train.json",
+                        "metrics/gen5p/evaluate.json", "metrics/gen5/evaluate.json", "metrics/survey.json"], clone)
+    moved = {line.split("|")[1].strip() for line in detail.splitlines()[2:] if line.startswith("|")}
+    assert moved == {"metrics/gen5p/train.json", "metrics/gen5p/evaluate.json"}, detail   # details on request
     params = run(DVC + ["params", "diff", "HEAD~1", "--md"], clone)
     assert "generations.gen5p.train.learning_rate" in params
     overlay = json.loads(run(DVC + ["plots", "diff", "HEAD~1", "--json"], clone))
@@ -157,16 +166,16 @@ def test_queued_gen5p_variant_runs_and_reports_its_metrics(clone):
     assert len(exps) == 1, json.dumps(shown)[:2000]
     data = exps[0]["data"]
     assert data["params"]["params.yaml"]["data"]["generations"]["gen5p"]["train"]["hard_negative_frac"] == 0.5
-    metrics = data["metrics"]
-    train = metrics["metrics/gen5p/train.json"]["data"]
+    assert sorted(data["metrics"]) == ["metrics/summary.json"]
+    assert "auc" in data["metrics"]["metrics/summary.json"]["data"]["gen5p"]
+    # the detail JSONs are committed in the experiment (cache: false outs)
+    train = json.loads(run(["git", "show", f"{exps[0]['rev']}:metrics/gen5p/train.json"], clone))
     baseline = json.loads((clone / "metrics" / "gen5p" / "train.json").read_text())
     assert train["hard_negative_share_of_negatives"]["rate"] > baseline["hard_negative_share_of_negatives"]["rate"], \
         (train, baseline)
-    assert metrics["metrics/compare.json"]["data"]["candidate"] == "gen5p"
-    assert "roc" in metrics["metrics/gen5p/evaluate.json"]["data"]
     diff = run(DVC + ["exp", "diff", "HEAD", "hnf05", "--md"], clone)
-    assert "metrics/gen5p/train.json" in diff and "generations.gen5p.train.hard_negative_frac" in diff
-    assert "metrics/gen5/" not in diff
+    assert "metrics/summary.json" in diff and "generations.gen5p.train.hard_negative_frac" in diff
+    assert "| gen5." not in diff, diff
 
 
 def test_runtime_settings_rerun_nothing(clone):
