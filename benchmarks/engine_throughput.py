@@ -65,9 +65,8 @@ def main() -> None:
     paths, outputs, walls = {}, {e: work / e for e in engines}, {}
     for engine in engines:
         params = json.loads(json.dumps(base))
-        params["survey"].update(n_parents=args.survey_rows, shard_rows=args.shard_rows, workers=args.workers,
-                                engine=engine)
-        params["inject"].update(workers=args.workers, engine=engine)
+        params["survey"].update(n_parents=args.survey_rows, shard_rows=args.shard_rows)
+        params["runtime"].update(workers=args.workers, engine=engine)
         paths[engine] = work / f"{engine}.yaml"
         paths[engine].write_text(yaml.safe_dump(params, sort_keys=False))
     spark_start = timed(lambda: dhs_spark.session(args.workers, "engine-throughput"))

@@ -101,7 +101,8 @@ def pixel_manifest(root: Path, n_parents: int) -> Path:
         from stages import survey
         import yaml
         params = yaml.safe_load((REPO / "params.yaml").read_text())
-        params["survey"].update(n_parents=n_parents, workers=2)
+        params["survey"].update(n_parents=n_parents)
+        params["runtime"]["workers"] = 2
         (root.parent / "bench-params.yaml").write_text(yaml.safe_dump(params))
         survey_dir = root.parent / "bench-survey"
         survey.main(["--params", str(root.parent / "bench-params.yaml"), "--out", str(survey_dir),

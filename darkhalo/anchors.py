@@ -56,9 +56,10 @@ from tqdm import tqdm
 
 from . import footprint
 from .cutout_table import table_from_cutouts
-from .cutouts import CUTOUT_RULES, CutoutConfig
+from .cutouts import CUTOUT_PARAM_KEYS, CUTOUT_RULES, CutoutConfig
 from .params import NON_NEGATIVE, POSITIVE, ParamError, build, section
 from .profiles import pixel_coords_arcsec
+from .runtime import runtime_config
 from .stamps import PIXEL_COLUMNS, StampBatch
 from .stats import percentiles, rate_with_interval
 from .survey import CATALOGUE_FIELDS, arrow_fields
@@ -129,6 +130,7 @@ class AnchorsConfig:
     max_failed_fraction: float = 0.0            # real mode: more failed cutouts than this fail the stage
     cutout_psf_fwhm_arcsec: dict | None = None  # real mode: PSF FWHM per band assumed for the measurements
     simulation: dict | None = None              # embedded mode: arc population per set (darkhalo/anchor_sim.py)
+    cutout_workers: int = 4                     # runtime.cutout_workers (darkhalo/runtime.py): fetch threads
 
     @property
     def psf_fwhm_assumed(self) -> dict:
@@ -149,7 +151,7 @@ class AnchorsConfig:
 
     @property
     def cutout_config(self) -> CutoutConfig:
-        return CutoutConfig(**(self.cutout or {}))
+        return CutoutConfig(**(self.cutout or {}), workers=self.cutout_workers)
 
 
 def _set_ok(sets) -> bool:
@@ -175,8 +177,8 @@ ANCHOR_RULES = {
     "default_theta_e_arcsec": (lambda v: isinstance(v, dict) and all(isinstance(x, (int, float)) and x > 0
                                                                      for x in v.values()),
                                "must map set names to positive radii (arcsec)"),
-    "cutout": (lambda v: isinstance(v, dict) and set(v) <= set(CutoutConfig.__dataclass_fields__),
-               f"must be a mapping with keys from {sorted(CutoutConfig.__dataclass_fields__)}"),
+    "cutout": (lambda v: isinstance(v, dict) and set(v) <= set(CUTOUT_PARAM_KEYS),
+               f"must be a mapping with keys from {sorted(CUTOUT_PARAM_KEYS)}"),
     "mode": (lambda v: v in MODES, f"must be one of {list(MODES)}"),
     "centre_policy": (lambda v: v in CENTRE_POLICIES, f"must be one of {list(CENTRE_POLICIES)}"),
     "max_per_set": NON_NEGATIVE, "gallery_per_tier": NON_NEGATIVE,
@@ -193,9 +195,11 @@ ANCHOR_RULES = {
 
 
 def anchors_config(params: dict, path: str) -> AnchorsConfig:
-    """AnchorsConfig from the ``anchors`` entry of a params mapping."""
-    config = build(AnchorsConfig, section(params, "anchors", path), "anchors", path, ANCHOR_RULES)
-    build(CutoutConfig, config.cutout or {}, "anchors.cutout", path, CUTOUT_RULES)
+    """AnchorsConfig from the ``anchors`` entry of a params mapping (``cutout_workers``: ``runtime``)."""
+    workers = runtime_config(params, path).cutout_workers
+    config = build(AnchorsConfig, section(params, "anchors", path), "anchors", path, ANCHOR_RULES,
+                   cutout_workers=workers)
+    build(CutoutConfig, config.cutout or {}, "anchors.cutout", path, CUTOUT_RULES, workers=workers)
     missing = [s for s in config.anchor_sets if s not in config.theta_e_defaults]
     if missing:
         raise ParamError(f"{path}: anchors.default_theta_e_arcsec has no radius for set(s) {missing}")

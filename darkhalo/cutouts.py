@@ -73,12 +73,16 @@ class CutoutConfig:
     max_backoff_s: float = 30.0        # cap on one exponential backoff wait (s)
     deadline_s: float = 180.0          # whole cutout, all attempts and waits (s)
     max_bytes: int = 16_000_000        # largest answer accepted (bytes)
-    workers: int = 4
+    workers: int = 4                   # fetch threads: runtime.cutout_workers (darkhalo/runtime.py), not a params key
+
+
+# The keys a params ``cutout:`` mapping may hold (``workers`` comes from ``runtime.cutout_workers``).
+CUTOUT_PARAM_KEYS = tuple(name for name in CutoutConfig.__dataclass_fields__ if name != "workers")
 
 
 CUTOUT_RULES = {"size_pix": (lambda v: v >= 16, "must be >= 16"), "pixscale_arcsec": (lambda v: v > 0, "must be > 0"),
                 "timeout_s": (lambda v: v > 0, "must be > 0"), "retries": (lambda v: v >= 0, "must be >= 0"),
-                "backoff_s": (lambda v: v >= 0, "must be >= 0"), "workers": (lambda v: v > 0, "must be > 0"),
+                "backoff_s": (lambda v: v >= 0, "must be >= 0"),
                 "max_backoff_s": (lambda v: v >= 0, "must be >= 0"), "deadline_s": (lambda v: v > 0, "must be > 0"),
                 "max_bytes": (lambda v: v > 0, "must be > 0"),
                 "bands": (lambda v: v == "grz", "must be 'grz'")}

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .cutouts import CUTOUT_RULES, CutoutConfig
+from .cutouts import CUTOUT_PARAM_KEYS, CUTOUT_RULES, CutoutConfig
 from .params import FRACTION, NON_NEGATIVE, POSITIVE, ParamError, build
 
 
@@ -67,6 +67,7 @@ class GalaxyZooConfig:
     max_failed_fraction: float = 0.02          # cutout failures above this fail the stage
     cache_dir: str = "data/cache/cutouts"
     cutout: dict | None = None                 # CutoutConfig fields
+    cutout_workers: int = 4                    # runtime.cutout_workers (darkhalo/runtime.py): fetch threads
 
     @property
     def fractions(self) -> dict:
@@ -74,7 +75,7 @@ class GalaxyZooConfig:
 
     @property
     def cutout_config(self) -> CutoutConfig:
-        return CutoutConfig(**(self.cutout or {}))
+        return CutoutConfig(**(self.cutout or {}), workers=self.cutout_workers)
 
 
 DEFAULT_CLASS_FRACTIONS = {"spiral": 0.4, "merger": 0.3, "edge_on": 0.15, "ring": 0.15}
@@ -87,19 +88,21 @@ GZ_RULES = {
                         all(isinstance(x, (int, float)) and x >= 0 for x in v.values()) and
                         abs(sum(v.values()) - 1) < 1e-6,
                         f"must map classes from {list(GZ_CLASSES)} to fractions summing to 1"),
-    "cutout": (lambda v: isinstance(v, dict) and set(v) <= set(CutoutConfig.__dataclass_fields__),
-               f"must be a mapping with keys from {sorted(CutoutConfig.__dataclass_fields__)}"),
+    "cutout": (lambda v: isinstance(v, dict) and set(v) <= set(CUTOUT_PARAM_KEYS),
+               f"must be a mapping with keys from {sorted(CUTOUT_PARAM_KEYS)}"),
 }
 
 
-def galaxy_zoo_config(values: dict | None, path: str) -> GalaxyZooConfig:
-    """GalaxyZooConfig from ``hard_negatives.galaxy_zoo`` (a mapping, or None for the defaults)."""
+def galaxy_zoo_config(values: dict | None, path: str, cutout_workers: int = 4) -> GalaxyZooConfig:
+    """GalaxyZooConfig from ``hard_negatives.galaxy_zoo`` (a mapping, or None for the defaults);
+    ``cutout_workers``: fetch threads (``runtime.cutout_workers``)."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
         raise ParamError(f"{path}: hard_negatives.galaxy_zoo must be a mapping, got {values!r}")
-    config = build(GalaxyZooConfig, values, "hard_negatives.galaxy_zoo", path, GZ_RULES)
-    build(CutoutConfig, config.cutout or {}, "hard_negatives.galaxy_zoo.cutout", path, CUTOUT_RULES)
+    config = build(GalaxyZooConfig, values, "hard_negatives.galaxy_zoo", path, GZ_RULES, cutout_workers=cutout_workers)
+    build(CutoutConfig, config.cutout or {}, "hard_negatives.galaxy_zoo.cutout", path, CUTOUT_RULES,
+          workers=cutout_workers)
     return config
 
 

@@ -42,6 +42,7 @@ from .params import NON_NEGATIVE, POSITIVE, ParamError, build, section
 from .cutout_table import table_from_cutouts
 from .profiles import pixel_coords_arcsec, render_sersic
 from .rng import keyed_rng
+from .runtime import runtime_config
 from .split import GUARD, SPLITS, UNASSIGNED
 from .stamps import stamps_from_native
 from .survey import arrow_fields
@@ -71,9 +72,9 @@ class HardNegativesConfig:
     measure_visibility: bool = True
     shard_rows: int = 200
     row_group_rows: int = 256
-    workers: int = 2
     gallery_per_class: int = 6
     galaxy_zoo: dict | None = None              # real mode, see darkhalo/galaxy_zoo.py
+    workers: int = 2                            # runtime.workers (darkhalo/runtime.py): shard processes
 
     @property
     def dmag_range(self) -> dict:
@@ -90,7 +91,7 @@ HN_RULES = {
     "mode": (lambda v: v in ("embedded", "galaxy_zoo"), "must be 'embedded' or 'galaxy_zoo'"),
     "classes": (lambda v: len(v) > 0 and len(set(v)) == len(v) and set(v) <= set(CLASSES),
                 f"must be a non-empty list of distinct names from {list(CLASSES)}"),
-    "n_per_class": POSITIVE, "shard_rows": POSITIVE, "row_group_rows": POSITIVE, "workers": POSITIVE,
+    "n_per_class": POSITIVE, "shard_rows": POSITIVE, "row_group_rows": POSITIVE,
     "gallery_per_class": NON_NEGATIVE,
     "core_mag_r_range": _range_rule(14.0, 25.0),
     "feature_dmag_range": (lambda v: isinstance(v, dict) and set(v) <= set(CLASSES) and all(_range_rule(-4.0, 6.0)[0](r) for r in v.values()),
@@ -100,8 +101,9 @@ HN_RULES = {
 
 
 def hard_negatives_config(params: dict, path: str) -> HardNegativesConfig:
-    """HardNegativesConfig from the ``hard_negatives`` entry of a params mapping."""
-    config = build(HardNegativesConfig, section(params, "hard_negatives", path), "hard_negatives", path, HN_RULES)
+    """HardNegativesConfig from the ``hard_negatives`` entry of a params mapping (``workers``: ``runtime``)."""
+    config = build(HardNegativesConfig, section(params, "hard_negatives", path), "hard_negatives", path, HN_RULES,
+                   workers=runtime_config(params, path).workers)
     missing = [c for c in config.classes if c not in config.dmag_range]
     if missing:
         raise ParamError(f"{path}: hard_negatives.feature_dmag_range has no range for class(es) {missing}")

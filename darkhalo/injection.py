@@ -20,13 +20,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import torch
+from scipy.stats import kstest
 
 from .lensing import CLUMP_KEYS, LENS_KEYS, SOURCE_KEYS, RenderSettings, render_arcs
-from .parallel import ENGINE_RULE
 from .normalize import core_mask
 from .params import FRACTION, POSITIVE, PRIOR_NAMES, ParamError, build, section
 from .priors import Prior, PriorSet, parse_prior
 from .rng import stream_id
+from .runtime import runtime_config
 from .source_bank import SourceBank
 from .stamps import StampBatch, native_columns
 from .units import BANDS, PIXEL_SCALE_ARCSEC, flux_nmgy_from_mag, pixel_area_arcsec2
@@ -48,20 +49,19 @@ class EngineSettings:
     sky_mag_per_arcsec2_z: float = 19.9
     core_radius_pix: float = 4.0
     batch_size: int = 64
-    device: str = "cpu"
-    workers: int = 2
     acceptance_bins: int = 24
     acceptance_cap_quantile: float = 0.95
     row_group_rows: int = 256
-    engine: str = "local"  # where shards run: local (process pool) | spark (darkhalo/parallel.py)
+    # Execution settings, from ``runtime:`` (darkhalo/runtime.py), not from ``inject:``.
+    device: str = "cpu"    # runtime.device: cpu | cuda | auto
+    workers: int = 2       # runtime.workers: shard processes
+    engine: str = "local"  # runtime.engine: where shards run, local (process pool) | spark (darkhalo/parallel.py)
 
 
 ENGINE_RULES = {
     "supersample": POSITIVE, "moffat_beta": (lambda v: v > 1, "must be > 1"), "tile_pix": POSITIVE,
-    "refine_rel": FRACTION, "core_radius_pix": POSITIVE, "batch_size": POSITIVE, "workers": POSITIVE,
-    "device": (lambda v: v in ("cpu", "cuda", "auto"), "must be cpu, cuda or auto"),
+    "refine_rel": FRACTION, "core_radius_pix": POSITIVE, "batch_size": POSITIVE,
     "acceptance_bins": POSITIVE, "acceptance_cap_quantile": FRACTION, "row_group_rows": POSITIVE,
-    "engine": ENGINE_RULE,
 }
 
 
@@ -93,9 +93,11 @@ class InjectConfig:
 
 
 def engine_settings(params: dict, path: str) -> EngineSettings:
-    """EngineSettings from the ``inject`` params section (its ``default_priors`` excluded)."""
+    """EngineSettings from the ``inject`` params section (its ``default_priors`` excluded) and ``runtime``."""
     values = {k: v for k, v in section(params, "inject", path).items() if k != "default_priors"}
-    return build(EngineSettings, values, "inject", path, ENGINE_RULES)
+    rt = runtime_config(params, path)
+    return build(EngineSettings, values, "inject", path, ENGINE_RULES, device=rt.device, workers=rt.workers,
+                 engine=rt.engine)
 
 
 def generation_spec(params: dict, name: str, path: str) -> GenerationSpec:
@@ -209,7 +211,7 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("inject.device = cuda but no CUDA device is available")
+        raise RuntimeError("runtime.device = cuda but no CUDA device is available")
     return torch.device(name)
 
 
@@ -355,13 +357,11 @@ def fit_acceptance(snr: np.ndarray, target: Prior, n_bins: int, cap_quantile: fl
 
 
 def ks_distance_to_target(snr: np.ndarray, target: Prior) -> float:
-    """Kolmogorov-Smirnov D between accepted S/N values and the target distribution."""
-    x = np.sort(snr)
-    n = len(x)
-    if n == 0:
+    """Kolmogorov-Smirnov D between accepted S/N values and the target distribution (scipy's one-sample
+    ``kstest`` statistic; NaN without values)."""
+    if len(snr) == 0:
         return float("nan")
-    cdf = target.cdf(x)
-    return float(max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n)))
+    return float(kstest(np.asarray(snr, np.float64), target.cdf, method="asymp").statistic)
 
 
 def arc_photon_noise(config: InjectConfig, arcs: np.ndarray, invvar: np.ndarray, good: np.ndarray,

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
-from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score
 
 from darkhalo.rng import keyed_rng
 from darkhalo.stats import mean_with_interval, rate_with_interval, wilson_interval
@@ -138,22 +138,20 @@ def roc_curve(labels, scores) -> RocCurve:
 
 
 def roc_auc(labels, scores) -> float:
-    """ROC AUC as the Mann-Whitney statistic with mid-ranks: P(s+ > s-) + ½ P(s+ = s-).
+    """ROC AUC (sklearn's ``roc_auc_score``): the Mann-Whitney P(s+ > s-) + ½ P(s+ = s-).
 
-    AUC = (R_pos - n_pos(n_pos+1)/2) / (n_pos n_neg), R_pos the sum of the positives'
-    average ranks (ascending) among all scores.
+    The AUC depends on the scores' order only, so sklearn gets their dense ranks: ±inf logits
+    (which sklearn refuses) are ordinary tied values, and finite scores give sklearn's number.
     """
     y = _as_labels(labels)
     s = _as_scores(scores, y.size)
-    n_pos, n_neg = _need_both_classes(y, "roc_auc")
-    with np.errstate(invalid="ignore"):              # scipy's NaN probe sums +inf and -inf logits
-        ranks = rankdata(s, method="average")
-    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    _need_both_classes(y, "roc_auc")
+    return float(roc_auc_score(y, np.unique(s, return_inverse=True)[1]))
 
 
 def _roc_auc_batched(y: np.ndarray, s: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AUC for each row of ``weights`` (replicates x rows, integer multiplicities).
+    """``roc_auc`` for each row of ``weights`` (replicates x rows, integer multiplicities), vectorised
+    for the bootstrap (tests/test_metrics.py checks it against ``roc_auc`` on the resampled rows).
 
     Scores are grouped into distinct levels once; per replicate the weighted counts of
     positives and negatives per level give AUC = Σ_l P_l (N_<l + ½ N_l) / (P N).

@@ -1,6 +1,6 @@
 """Run a pure per-shard function on an engine, and the storage its shards write to.
 
-Engines (``engine:`` in the ``survey`` / ``inject`` params):
+Engines (``runtime.engine`` in params.yaml, darkhalo/runtime.py):
 
 * ``local``: a process pool on this machine, with a progress bar;
 * ``spark``: one Spark task per shard through ``mapInArrow`` (see ``darkhalo/spark.py``),
@@ -30,9 +30,8 @@ from typing import Any, Callable, Iterable, Iterator
 from tqdm import tqdm
 
 from .dataset import S3_SCHEMES
+from .runtime import ENGINES
 
-ENGINES = ("local", "spark")
-ENGINE_RULE = (lambda v: v in ENGINES, f"must be one of {', '.join(ENGINES)}")
 PARENT_POLL_S = 0.5
 
 

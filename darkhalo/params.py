@@ -37,22 +37,24 @@ PRIORS = _keys(*PRIOR_NAMES)
 INJECTION = _keys("n_clumps", "arc_snr_target", "n_candidates", "replicates", "source_bank", priors=PRIORS)
 TRAIN = _keys("architecture", "metadata_columns", "metadata_transform", "epochs", "batch_size", "learning_rate",
               "weight_decay", "lr_schedule", "hard_negative_frac", "augment_flips", "augment_rot90",
-              "centre_mask_prob", "centre_mask_radius_pix", "centre_mask_radius_theta_e", "threads", "device",
-              "import_checkpoint", "max_train_rows", "preprocessing", "input_crop_pix", "early_stopping_patience",
+              "centre_mask_prob", "centre_mask_radius_pix", "centre_mask_radius_theta_e", "import_checkpoint",
+              "max_train_rows", "preprocessing", "input_crop_pix", "early_stopping_patience",
               "early_stopping_min_delta", "seeds")
 CUTOUT = _keys("base_url", "layer", "bands", "pixscale_arcsec", "size_pix", "invvar", "timeout_s", "retries",
-               "backoff_s", "max_backoff_s", "deadline_s", "max_bytes", "workers")
+               "backoff_s", "max_backoff_s", "deadline_s", "max_bytes")
+# Execution settings (darkhalo/runtime.py): no stage lists them in dvc.yaml.
+RUNTIME = _keys("workers", "engine", "threads", "device", "cutout_workers")
 SCHEMA = _keys(
     "seed", "ablation",
+    runtime=RUNTIME,
     survey=_keys("n_parents", "stamp_size", "n_sky_patches", "supersample", "neighbour_supersample", "moffat_beta",
                  "galaxy_density_r22_per_deg2", "star_density_r22_per_deg2", "masked_stamp_frac", "nan_stamp_frac",
-                 "missing_band_frac", "defect_cutout_ok_frac", "shard_rows", "row_group_rows", "workers", "noise",
-                 "engine", "mode", "manifest", "targets", "cache_dir", "max_failed_fraction", cutout=CUTOUT),
+                 "missing_band_frac", "defect_cutout_ok_frac", "shard_rows", "row_group_rows", "noise", "mode",
+                 "manifest", "targets", "cache_dir", "max_failed_fraction", cutout=CUTOUT),
     survey_gallery=_keys("n_stamps", "columns"),
     inject=_keys("supersample", "moffat_beta", "tile_pix", "refine_rel", "noise", "sky_mag_per_arcsec2_g",
-                 "sky_mag_per_arcsec2_r", "sky_mag_per_arcsec2_z", "core_radius_pix", "batch_size", "device",
-                 "workers", "acceptance_bins", "acceptance_cap_quantile", "row_group_rows", "engine",
-                 default_priors=PRIORS),
+                 "sky_mag_per_arcsec2_r", "sky_mag_per_arcsec2_z", "core_radius_pix", "batch_size",
+                 "acceptance_bins", "acceptance_cap_quantile", "row_group_rows", default_priors=PRIORS),
     train=TRAIN,
     generations={EACH: {**INJECTION, **_keys("label", "gates_blocking", train=TRAIN)}},
     benchmark=_keys(injection=INJECTION),
@@ -70,7 +72,7 @@ SCHEMA = _keys(
                 "pairing_key"),
     hard_negatives=_keys("mode", "classes", "n_per_class", "core_mag_r_range", "feature_dmag_range",
                          "feature_radius_arcsec_range", "measure_visibility", "shard_rows", "row_group_rows",
-                         "workers", "gallery_per_class",
+                         "gallery_per_class",
                          galaxy_zoo=_keys("catalogue", "ring_catalogue", "target_count", "class_fractions",
                                           "spiral_min_fraction", "merger_min_fraction", "edge_on_min_fraction",
                                           "min_votes", "max_petro_th50_arcsec", "max_failed_fraction", "cache_dir",
@@ -119,15 +121,27 @@ def load_params(path: str | Path = "params.yaml") -> dict:
     return data
 
 
+def runtime_home(where: str, key) -> str | None:
+    """Where an execution setting found at ``where.key`` lives now (``runtime.<name>``), or None."""
+    if where == "runtime":
+        return None
+    if key == "workers" and where.endswith("cutout"):
+        return "runtime.cutout_workers"
+    return f"runtime.{key}" if key in RUNTIME else None
+
+
 def refuse_unknown_keys(values: dict, known, where: str, path: str | Path) -> None:
-    """ParamError naming each key of ``values`` not in ``known`` (with a close match), and the known keys."""
+    """ParamError naming each key of ``values`` not in ``known`` (with a close match, or the
+    ``runtime`` key an execution setting moved to), and the known keys."""
     unknown = [k for k in values if k not in known]
     if not unknown:
         return
     names = []
     for key in unknown:
+        home = runtime_home(where, key)
         match = difflib.get_close_matches(key, [str(k) for k in known], n=1) if isinstance(key, str) else []
-        names.append(f"{key!r}" + (f" (did you mean {match[0]!r}?)" if match else ""))
+        names.append(f"{key!r}" + (f" (now {home}: execution settings are not science params)" if home else
+                                   f" (did you mean {match[0]!r}?)" if match else ""))
     noun = "key" if len(unknown) == 1 else "keys"
     raise ParamError(f"{path}: {where}: unknown {noun} {', '.join(names)} (known: {', '.join(sorted(known))})")
 

@@ -341,7 +341,8 @@ def target_parents(config: SurveyConfig, out_dir: str, params_path: str = "param
 
     Raises RuntimeError when more than ``max_failed_fraction`` of the fetches fail (listing some).
     """
-    cutout_config = build(CutoutConfig, config.cutout or {}, "survey.cutout", params_path, CUTOUT_RULES)
+    cutout_config = build(CutoutConfig, config.cutout or {}, "survey.cutout", params_path, CUTOUT_RULES,
+                          workers=config.cutout_workers)
     if cutout_config.size_pix != config.stamp_size or abs(cutout_config.pixscale_arcsec - PIXEL_SCALE_ARCSEC) > 1e-9:
         raise ValueError(f"survey.cutout: size_pix {cutout_config.size_pix} / pixscale_arcsec "
                          f"{cutout_config.pixscale_arcsec} must equal survey.stamp_size {config.stamp_size} / "

@@ -17,11 +17,11 @@ import pyarrow as pa
 from scipy.signal import fftconvolve
 
 from . import footprint, population
-from .parallel import ENGINE_RULE
 from .params import FRACTION, ParamError, NON_NEGATIVE, POSITIVE, build, section
 from .profiles import render_sersic
 from .psf import moffat_image, moffat_kernels, noise_equivalent_area_pix
 from .rng import keyed_rng
+from .runtime import runtime_config
 from .stamps import StampBatch, native_columns
 from .units import AB_ZP_NMGY, BANDS, PIXEL_SCALE_ARCSEC, depth_mag_from_psfdepth, mag_from_flux_nmgy, mw_transmission, pixel_sigma_nmgy
 
@@ -48,9 +48,7 @@ class SurveyConfig:
     defect_cutout_ok_frac: float = 0.3
     shard_rows: int = 2000
     row_group_rows: int = 256
-    workers: int = 2
     noise: bool = True  # False renders noiseless stamps (audits and physics tests)
-    engine: str = "local"  # where shards run: local (process pool) | spark (darkhalo/parallel.py)
     # Real parents (darkhalo/real_parents.py); the fields above that shape the simulation are then unused.
     mode: str = "embedded"  # embedded (simulate) | manifest (users' parquet cutouts) | targets (fetch cutouts)
     manifest: str = ""      # manifest mode: parquet file or dataset (local, s3://, s3a://)
@@ -58,6 +56,10 @@ class SurveyConfig:
     cutout: dict | None = None  # targets mode: CutoutConfig fields (darkhalo/cutouts.py; checked by real_parents)
     cache_dir: str = "data/cache/cutouts"  # targets mode: the cutout client's cache
     max_failed_fraction: float = 0.02      # targets mode: more failed fetches than this fail the stage
+    # Execution settings, from ``runtime:`` (darkhalo/runtime.py), not from ``survey:``.
+    workers: int = 2        # runtime.workers: shard processes
+    engine: str = "local"   # runtime.engine: where shards run, local (process pool) | spark (darkhalo/parallel.py)
+    cutout_workers: int = 4  # runtime.cutout_workers: targets mode, fetch threads
 
 
 SURVEY_RULES = {
@@ -65,8 +67,7 @@ SURVEY_RULES = {
     "stamp_size": (lambda v: v >= 16, "must be >= 16 pixels"), "moffat_beta": (lambda v: v > 1, "must be > 1"),
     "galaxy_density_r22_per_deg2": NON_NEGATIVE, "star_density_r22_per_deg2": NON_NEGATIVE,
     "masked_stamp_frac": FRACTION, "nan_stamp_frac": FRACTION, "missing_band_frac": FRACTION,
-    "defect_cutout_ok_frac": FRACTION, "shard_rows": POSITIVE, "row_group_rows": POSITIVE, "workers": POSITIVE,
-    "engine": ENGINE_RULE,
+    "defect_cutout_ok_frac": FRACTION, "shard_rows": POSITIVE, "row_group_rows": POSITIVE,
     "mode": (lambda v: v in SURVEY_MODES, f"must be one of {list(SURVEY_MODES)}"),
     "max_failed_fraction": FRACTION,
     "cutout": (lambda v: v is None or isinstance(v, dict), "must be a mapping (keys: params.py SCHEMA)"),
@@ -74,11 +75,13 @@ SURVEY_RULES = {
 
 
 def survey_config(params: dict, path: str) -> SurveyConfig:
-    """SurveyConfig from the ``seed`` and ``survey`` entries of a params mapping."""
+    """SurveyConfig from the ``seed``, ``survey`` and ``runtime`` entries of a params mapping."""
     seed = params.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ParamError(f"{path}: seed = {seed!r}: must be a non-negative integer")
-    config = build(SurveyConfig, section(params, "survey", path), "survey", path, SURVEY_RULES, seed=seed)
+    rt = runtime_config(params, path)
+    config = build(SurveyConfig, section(params, "survey", path), "survey", path, SURVEY_RULES, seed=seed,
+                   workers=rt.workers, engine=rt.engine, cutout_workers=rt.cutout_workers)
     if config.nan_stamp_frac + config.missing_band_frac > 1:
         raise ParamError(f"{path}: survey.nan_stamp_frac + survey.missing_band_frac must be <= 1")
     if config.mode in ("manifest", "targets") and not getattr(config, config.mode):

@@ -21,6 +21,7 @@ from .models import ARCHITECTURES, GEN5_METADATA, build_model
 from .normalize import OUTER_ANNULUS_MAD, PREPROCESSINGS, Normalization, normalize, outer_mask, radius_map_pix
 from .params import FRACTION, NON_NEGATIVE, POSITIVE, ParamError, build, section
 from .rng import keyed_rng
+from .runtime import runtime_config
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class TrainConfig:
     centre_mask_prob: float = 0.0
     centre_mask_radius_pix: float = 0.0
     centre_mask_radius_theta_e: float = 0.0
-    threads: int = 2
-    device: str = "cpu"  # cpu | cuda | auto (under torchrun: this rank's GPU)
+    threads: int = 2     # runtime.threads (darkhalo/runtime.py), not a train: key: torch threads
+    device: str = "cpu"  # runtime.device: cpu | cuda | auto (under torchrun: this rank's GPU)
     import_checkpoint: str = ""
     max_train_rows: int = 0  # 0: all
     preprocessing: str = OUTER_ANNULUS_MAD   # the model input (darkhalo/normalize.py): outer_annulus_mad | residual
@@ -67,8 +68,7 @@ TRAIN_RULES = {
     "lr_schedule": (lambda v: v in ("cosine", "constant"), "must be cosine or constant"),
     "epochs": NON_NEGATIVE, "batch_size": POSITIVE, "learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE,
     "hard_negative_frac": (lambda v: 0 <= v < 1, "must be within [0, 1)"), "centre_mask_prob": FRACTION,
-    "centre_mask_radius_pix": NON_NEGATIVE, "centre_mask_radius_theta_e": NON_NEGATIVE, "threads": POSITIVE,
-    "device": (lambda v: v in ("cpu", "cuda", "auto"), "must be cpu, cuda or auto"),
+    "centre_mask_radius_pix": NON_NEGATIVE, "centre_mask_radius_theta_e": NON_NEGATIVE,
     "max_train_rows": NON_NEGATIVE,
     "preprocessing": (lambda v: v in PREPROCESSINGS, f"must be one of {', '.join(PREPROCESSINGS)}"),
     "input_crop_pix": (lambda v: v >= 0 and v % 2 == 0, "must be 0 (no crop) or a positive even number of pixels"),
@@ -97,7 +97,9 @@ def train_config(params: dict, generation: str, path: str) -> TrainConfig:
         if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
             raise ParamError(f"{path}: train.metadata_columns = {cols!r}: must be a list of column names")
         values["metadata_columns"] = tuple(cols)
-    config = build(TrainConfig, values, f"train (+ generations.{generation}.train)", path, TRAIN_RULES)
+    rt = runtime_config(params, path)
+    config = build(TrainConfig, values, f"train (+ generations.{generation}.train)", path, TRAIN_RULES,
+                   threads=rt.threads, device=rt.device)
     if config.architecture == "gen5_convnext" and config.metadata_columns != GEN5_METADATA:
         raise ParamError(f"{path}: gen5_convnext needs metadata_columns {list(GEN5_METADATA)}")
     if config.centre_mask_prob > 0 and not (config.centre_mask_radius_pix or config.centre_mask_radius_theta_e):
@@ -276,7 +278,7 @@ def training_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device = cuda but no CUDA device is available")
+            raise RuntimeError("runtime.device = cuda but no CUDA device is available")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
 

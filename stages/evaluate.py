@@ -31,6 +31,7 @@ from darkhalo.injection import engine_settings
 from darkhalo.lensing import RenderSettings
 from darkhalo.outputs import atomic_dir, atomic_write_bytes, run_stage, write_json
 from darkhalo.params import load_params
+from darkhalo.runtime import runtime_config
 from darkhalo.selection import selection_function
 from darkhalo.survey import survey_config
 from darkhalo.training import seed_file_name, train_config
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
                             refine_rel=engine.refine_rel)
     metrics_dir = Path(args.metrics_dir or f"metrics/{gen}")
     plots_dir = Path(args.plots_dir or f"plots/{gen}")
-    torch.set_num_threads(engine.workers)
+    torch.set_num_threads(runtime_config(params, args.params).threads)
     manifest = check_benchmark(args.benchmark)
     n_negatives = manifest["parts"]["injections"]["rows"] // 2 + manifest["parts"]["hard_negatives"]["rows"]
     if n_negatives < config.min_benchmark_negatives:

@@ -67,7 +67,7 @@ def require_rows(counts: dict, split_map: SplitMap) -> None:
 
 def run_galaxy_zoo(config: SurveyConfig, hn: HardNegativesConfig, split_map: SplitMap, out: str,
                    params_path: str) -> tuple[dict, dict]:
-    gz = galaxy_zoo.galaxy_zoo_config(hn.galaxy_zoo, params_path)
+    gz = galaxy_zoo.galaxy_zoo_config(hn.galaxy_zoo, params_path, config.cutout_workers)
     frame = galaxy_zoo.read_catalogue(gz.catalogue)
     rings = galaxy_zoo.read_ring_catalogue(gz.ring_catalogue) if gz.ring_catalogue else None
     selection, report = galaxy_zoo.select(frame, gz, config.seed, rings)

@@ -3,7 +3,7 @@
 Writes ``data/survey/part-NNNNN.parquet`` (native layout, one row per parent)
 and ``metrics/survey.json``.  ``survey.mode``: ``embedded`` simulates the
 parents; shards are pure functions of (params, shard index), rendered on
-``survey.engine``: a local process pool or Spark (``--out`` may then be an
+``runtime.engine``: a local process pool or Spark (``--out`` may then be an
 ``s3://`` / ``s3a://`` prefix).  ``manifest`` and ``targets`` read the users'
 cutouts or fetch them (darkhalo/real_parents.py).
 """

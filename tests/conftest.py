@@ -32,7 +32,6 @@ TINY_SURVEY = {
     "n_sky_patches": 6,
     "shard_rows": 20,
     "row_group_rows": 8,
-    "workers": 1,
     # enough defects that 48 stamps show each kind
     "masked_stamp_frac": 0.3,
     "nan_stamp_frac": 0.1,
@@ -41,18 +40,23 @@ TINY_SURVEY = {
 }
 
 
-def tiny_params(**survey_overrides) -> dict:
-    """The repository's params.yaml with the survey shrunk to a few dozen stamps."""
+TINY_RUNTIME = {"workers": 1, "threads": 1}   # one process, one torch thread (the tests share 2 cores)
+
+
+def tiny_params(runtime: dict | None = None, **survey_overrides) -> dict:
+    """The repository's params.yaml with the survey shrunk to a few dozen stamps; ``runtime``
+    entries override ``TINY_RUNTIME``."""
     params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
+    params["runtime"].update(TINY_RUNTIME, **(runtime or {}))
     params["survey"].update(TINY_SURVEY)
     params["survey"].update(survey_overrides)
     params["survey_gallery"]["n_stamps"] = 12
-    params["hard_negatives"].update(n_per_class=4, shard_rows=8, workers=1, gallery_per_class=2)
+    params["hard_negatives"].update(n_per_class=4, shard_rows=8, gallery_per_class=2)
     params["anchors"].update(max_per_set=2, gallery_per_tier=2)
-    params["inject"].update(workers=1, batch_size=16)
+    params["inject"].update(batch_size=16)
     params["generations"]["gen5p"]["n_candidates"] = 4
     params["benchmark"]["injection"]["n_candidates"] = 3
-    params["train"].update(epochs=1, batch_size=32, threads=1)
+    params["train"].update(epochs=1, batch_size=32)
     for gen in params["generations"].values():
         gen.setdefault("train", {})["epochs"] = 1
     # a few dozen stamps cannot resolve the shortcut tolerances: integrity gates block, the rest report
@@ -123,7 +127,7 @@ def tiny_survey(tmp_path_factory) -> Path:
 # the real `split` stage, turned into an injection-like manifest (controls = survey stamps,
 # positives = the same stamps plus a synthetic arc) in the layout `inject@<generation>` writes.
 
-GATES_SURVEY = {"n_parents": 160, "n_sky_patches": 40, "shard_rows": 80, "row_group_rows": 32, "workers": 1,
+GATES_SURVEY = {"n_parents": 160, "n_sky_patches": 40, "shard_rows": 80, "row_group_rows": 32,
                 "masked_stamp_frac": 0.2, "nan_stamp_frac": 0.0, "missing_band_frac": 0.0}
 # Tolerances suited to 160 parents (the defaults assume thousands): fractions move in steps of
 # one HEALPix cluster (~3% of parents here) and a held-out AUC of 640 stamps has sd ~0.02-0.03.
@@ -360,7 +364,7 @@ def cutout_fits_bytes(image, invvar=None, bands="grz") -> bytes:
 
 # --- issue 7 (compare, report, review workflow): the whole pipeline on a tiny config ----------------
 
-REVIEW_SURVEY = {"n_parents": 120, "n_sky_patches": 12, "shard_rows": 120, "row_group_rows": 32, "workers": 1,
+REVIEW_SURVEY = {"n_parents": 120, "n_sky_patches": 12, "shard_rows": 120, "row_group_rows": 32,
                  "masked_stamp_frac": 0.1, "nan_stamp_frac": 0.02, "missing_band_frac": 0.02}
 
 
@@ -375,8 +379,8 @@ def review_params() -> dict:
     params = tiny_params(**REVIEW_SURVEY)
     params["split"].update(train_frac=0.7, val_frac=0.15, test_frac=0.15)   # ~20 val controls (the threshold)
     params["survey_gallery"].update(n_stamps=6)
-    params["inject"].update(workers=1, batch_size=64)
-    params["hard_negatives"].update(n_per_class=6, shard_rows=24, workers=1, gallery_per_class=1)
+    params["inject"].update(batch_size=64)
+    params["hard_negatives"].update(n_per_class=6, shard_rows=24, gallery_per_class=1)
     params["anchors"].update(max_per_set=2, gallery_per_tier=1)
     params["benchmark"]["injection"].update(n_candidates=2)
     for name, gen in params["generations"].items():
@@ -384,7 +388,7 @@ def review_params() -> dict:
         if gen.get("arc_snr_target") is not None:
             gen["n_candidates"] = 2
     params["gates"].update(GATES_TEST_PARAMS, core_max_stamps=400, core_folds=3)
-    params["train"].update(epochs=1, batch_size=32, threads=1)
+    params["train"].update(epochs=1, batch_size=32)
     params["evaluate"].update(operating_fpr=0.2, batch_size=64)
     if "compare" in params:
         params["compare"].update(n_bootstrap=60)

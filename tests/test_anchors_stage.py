@@ -190,8 +190,10 @@ def test_an_anchor_list_30_arcsec_off_fails_naming_it_and_true_positions_pass(st
 
 
 def real_params(base_url, cache, **anchors) -> dict:
-    cutout = {"base_url": base_url + PATH, "timeout_s": 2.0, "retries": 1, "backoff_s": 0.01, "workers": 1}
-    return anchor_params(mode="cutouts", cache_dir=str(cache), cutout=cutout, **anchors)
+    cutout = {"base_url": base_url + PATH, "timeout_s": 2.0, "retries": 1, "backoff_s": 0.01}
+    params = anchor_params(mode="cutouts", cache_dir=str(cache), cutout=cutout, **anchors)
+    params["runtime"]["cutout_workers"] = 1
+    return params
 
 
 def clean_stamp(table):

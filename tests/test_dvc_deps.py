@@ -1,4 +1,5 @@
-"""dvc.yaml lists, for every stage, exactly the library files that its module imports."""
+"""dvc.yaml lists, for every stage, exactly the library files that its module imports, no execution
+setting among its params, and one metrics file."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,3 +41,17 @@ def test_derivation_follows_function_level_and_relative_imports(tmp_path):
     (tmp_path / "stages" / "s.py").write_text("def main():\n    from darkhalo.sub.a import b\n")
     assert stage_library_files("stages/s.py", tmp_path) == [
         "darkhalo/c.py", "darkhalo/sub/__init__.py", "darkhalo/sub/a.py", "darkhalo/sub/b.py"]
+
+
+def test_no_stage_lists_an_execution_setting_and_only_the_headline_is_a_metric():
+    """``runtime`` is in no stage's params (a whole science section may be listed: none holds an
+    execution setting, tests/test_params_strict.py); metrics/summary.json is the only metrics file."""
+    problems, metrics = [], []
+    for name, spec in declared_stages().items():
+        for param in spec.get("params", []):
+            key = param if isinstance(param, str) else next(iter(param))
+            if key == "runtime" or key.startswith("runtime."):
+                problems.append(f"{name}: {key}")
+        metrics += [m if isinstance(m, str) else next(iter(m)) for m in spec.get("metrics", [])]
+    assert not problems, f"stages list runtime settings (changing them would rerun science): {problems}"
+    assert metrics == ["metrics/summary.json"], metrics

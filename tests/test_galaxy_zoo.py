@@ -143,7 +143,8 @@ def test_real_mode_stage_fetches_selected_cutouts_and_splits_them(local_http_ser
                        "class_fractions": {"spiral": 0.5, "merger": 0.25, "edge_on": 0.25},
                        "cache_dir": str(tmp_path / "cache"),
                        "cutout": {"base_url": base + "/viewer/cutout.fits", "timeout_s": 2.0, "retries": 1,
-                                  "backoff_s": 0.01, "workers": 2}}})
+                                  "backoff_s": 0.01}}})
+    params["runtime"]["cutout_workers"] = 2
     path = write_params(tmp_path / "params.yaml", params)
     assignment = write_assignment(tmp_path / "assignment.parquet", params)
     hard_negatives.main(["--params", str(path), "--assignment", str(assignment), "--out", str(tmp_path / "out"),

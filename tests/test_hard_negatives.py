@@ -21,10 +21,9 @@ from stages import hard_negatives
 SPLIT_OF_PATCH = ["train", "train", "val", "test", "guard", None]   # None: a pixel the split never assigned
 
 
-def hn_params(**overrides):
-    params = tiny_params()
-    params["hard_negatives"].update({"n_per_class": 6, "shard_rows": 10, "workers": 1, "gallery_per_class": 3,
-                                     **overrides})
+def hn_params(workers: int = 1, **overrides):
+    params = tiny_params({"workers": workers})
+    params["hard_negatives"].update({"n_per_class": 6, "shard_rows": 10, "gallery_per_class": 3, **overrides})
     return params
 
 

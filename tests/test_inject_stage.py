@@ -9,10 +9,11 @@ import pytest
 
 from conftest import tiny_params, write_params
 from darkhalo.dataset import iter_chunks, stamps_of
-from darkhalo.injection import engine_settings, render_columns
+from darkhalo.injection import engine_settings, ks_distance_to_target, render_columns
 from darkhalo.lensing import RenderSettings
 from darkhalo.lenstronomy_reference import redraw_arc
 from darkhalo.params import ParamError
+from darkhalo.priors import parse_prior
 from darkhalo.stamps import PIXEL_COLUMNS
 from stages import inject
 
@@ -23,7 +24,7 @@ def assignment(tiny_assignment):
 
 def inject_params(**inject_overrides):
     params = tiny_params()
-    params["inject"].update(workers=1, batch_size=16, **inject_overrides)
+    params["inject"].update(batch_size=16, **inject_overrides)
     params["generations"]["gen5p"]["n_candidates"] = 4
     return params
 
@@ -118,7 +119,9 @@ def test_same_params_give_byte_identical_injections(tmp_path, tiny_survey, assig
     (lambda p: p["generations"]["gen5p"]["priors"].update(theta_e={"grid": [1.0]}),
      r"generations\.gen5p\.priors: unknown key 'theta_e' \(did you mean 'theta_e_arcsec'\?\)"),
     (lambda p: p["generations"]["gen5p"].update(arc_snr_target={"normal": [10, 2]}), r"arc_snr_target: must be uniform"),
-    (lambda p: p["inject"].update(device="tpu"), r"inject\.device = 'tpu': must be cpu, cuda or auto"),
+    (lambda p: p["runtime"].update(device="tpu"), r"runtime\.device = 'tpu': must be cpu, cuda or auto"),
+    (lambda p: p["inject"].update(device="cuda"),
+     r"inject: unknown key 'device' \(now runtime\.device: execution settings are not science params\)"),
 ])
 def test_bad_injection_params_are_named(tmp_path, tiny_survey, assignment, mutate, message):
     params = inject_params()
@@ -128,3 +131,11 @@ def test_bad_injection_params_are_named(tmp_path, tiny_survey, assignment, mutat
         inject.main(["--generation", "gen5p", "--params", str(path), "--survey", str(tiny_survey),
                      "--split", str(assignment), "--out", str(tmp_path / "o"), "--metrics", str(tmp_path / "m.json")])
     assert not (tmp_path / "o").exists()
+
+
+def test_ks_distance_to_target_hand_case():
+    """D = max over the sorted sample of i/n - F(x_i) and F(x_i) - (i-1)/n: 0.25 for 1, 2, 3 on U(0, 4)."""
+    target = parse_prior("theta", {"uniform": [0, 4]}, "params.yaml: test")
+    assert ks_distance_to_target(np.array([3.0, 1.0, 2.0]), target) == pytest.approx(0.25, abs=1e-15)
+    assert ks_distance_to_target(np.array([2.0]), target) == pytest.approx(0.5, abs=1e-15)
+    assert np.isnan(ks_distance_to_target(np.array([]), target))

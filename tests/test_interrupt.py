@@ -16,7 +16,8 @@ from conftest import REPO, tiny_params, write_params
 from darkhalo.outputs import atomic_dir, atomic_write_bytes, sweep_stale_temps
 from stages import survey
 
-SURVEY = {"workers": 2, "n_parents": 200, "shard_rows": 20}   # 10 shards on a 2-worker pool
+SURVEY = {"n_parents": 200, "shard_rows": 20}   # 10 shards on a 2-worker pool
+RUNTIME = {"workers": 2}
 TIMEOUT_S = 120
 
 
@@ -76,17 +77,17 @@ class SurveyProcess:
             children = psutil.Process(self.proc.pid).children(recursive=True)
             workers = [c for c in children if "--multiprocessing-fork" in c.cmdline()]
             shards = [p for t in self.temps() for p in t.rglob("*.parquet")]
-            return children if self.temps() and len(workers) == SURVEY["workers"] and len(shards) >= min_shards \
+            return children if self.temps() and len(workers) == RUNTIME["workers"] and len(shards) >= min_shards \
                 else None
         return wait_until(started, f"the temp output, the pool workers and {min_shards} shards")
 
 
 def test_sigterm_removes_partial_output_and_stops_workers(tmp_path):
-    params = write_params(tmp_path / "params.yaml", tiny_params(**SURVEY))
+    params = write_params(tmp_path / "params.yaml", tiny_params(RUNTIME, **SURVEY))
     with SurveyProcess(tmp_path / "run", params) as run:
         # both workers past their spawn start-up (a signal there interrupts Python's own bootstrap, which
         # prints its own traceback): each has written a shard
-        children = run.children_once_working(min_shards=SURVEY["workers"])
+        children = run.children_once_working(min_shards=RUNTIME["workers"])
         run.proc.send_signal(signal.SIGTERM)
         assert run.proc.wait(TIMEOUT_S) == 128 + signal.SIGTERM
         wait_until(lambda: not running(children), "the workers and the resource tracker to end", 30)
@@ -95,7 +96,7 @@ def test_sigterm_removes_partial_output_and_stops_workers(tmp_path):
 
 
 def test_rerun_after_sigkill_sweeps_the_temp_and_matches_an_uninterrupted_run(tmp_path):
-    params = write_params(tmp_path / "params.yaml", tiny_params(**SURVEY))
+    params = write_params(tmp_path / "params.yaml", tiny_params(RUNTIME, **SURVEY))
     with SurveyProcess(tmp_path / "run", params) as run:
         children = run.children_once_working()
         run.proc.kill()

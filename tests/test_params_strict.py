@@ -13,12 +13,14 @@ from darkhalo.anchors import SIMULATION_KEYS, AnchorsConfig
 from darkhalo.compare import CompareConfig
 from darkhalo.cutouts import CutoutConfig
 from darkhalo.evaluation import EvaluateConfig, evaluate_config
-from darkhalo.galaxy_zoo import GalaxyZooConfig
+from darkhalo.anchors import anchors_config
+from darkhalo.galaxy_zoo import GalaxyZooConfig, galaxy_zoo_config
 from darkhalo.gates.config import GatesConfig
-from darkhalo.hard_negatives import HardNegativesConfig
-from darkhalo.injection import EngineSettings, benchmark_spec, generation_spec
+from darkhalo.hard_negatives import HardNegativesConfig, hard_negatives_config
+from darkhalo.injection import EngineSettings, benchmark_spec, engine_settings, generation_spec
 from darkhalo.params import EACH, SCHEMA, TRAIN, ParamError, check_keys, load_params
 from darkhalo.report import ReportConfig
+from darkhalo.runtime import Runtime, runtime_config
 from darkhalo.split import SplitConfig, split_config
 from darkhalo.survey import SurveyConfig, survey_config
 from darkhalo.training import TrainConfig, train_config
@@ -57,15 +59,21 @@ def test_fixture_params_pass_the_structure_check(make):
 
 
 @pytest.mark.parametrize("keys,cls,extra", [
-    (("survey",), SurveyConfig, {"seed"}), (("survey_gallery",), GalleryConfig, set()),
-    (("inject",), EngineSettings, {"default_priors"}), (("train",), TrainConfig, set()),
+    (("runtime",), Runtime, set()),
+    (("survey",), SurveyConfig, {"seed", "workers", "engine", "cutout_workers"}),
+    (("survey_gallery",), GalleryConfig, set()),
+    (("inject",), EngineSettings, {"default_priors", "device", "workers", "engine"}),
+    (("train",), TrainConfig, {"threads", "device"}),
     (("evaluate",), EvaluateConfig, set()), (("split",), SplitConfig, {"seed"}), (("gates",), GatesConfig, {"seed"}),
-    (("hard_negatives",), HardNegativesConfig, set()), (("hard_negatives", "galaxy_zoo"), GalaxyZooConfig, set()),
-    (("hard_negatives", "galaxy_zoo", "cutout"), CutoutConfig, set()), (("anchors",), AnchorsConfig, set()),
+    (("hard_negatives",), HardNegativesConfig, {"workers"}),
+    (("hard_negatives", "galaxy_zoo"), GalaxyZooConfig, {"cutout_workers"}),
+    (("hard_negatives", "galaxy_zoo", "cutout"), CutoutConfig, {"workers"}),
+    (("anchors",), AnchorsConfig, {"cutout_workers"}),
     (("compare",), CompareConfig, {"seed"}), (("report",), ReportConfig, set()),
 ])
 def test_schema_lists_exactly_the_dataclass_fields(keys, cls, extra):
-    """``extra``: a field set from elsewhere (the global seed) or a key parsed apart (inject.default_priors)."""
+    """``extra``: a field set from elsewhere (the global seed, a ``runtime`` setting) or a key parsed apart
+    (inject.default_priors)."""
     schema = SCHEMA
     for key in keys:
         schema = schema[key]
@@ -146,6 +154,67 @@ def test_every_stage_refuses_the_file_before_any_work(tmp_path, monkeypatch, mod
     with pytest.raises(ParamError, match=r"bad\.yaml: generations\.gen5: unknown key 'trian'"):
         stage.main([*argv, "--params", str(path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+RUNTIME_FIELDS = {"workers", "engine", "threads", "device", "cutout_workers"}
+
+
+def test_runtime_fields_reach_every_science_config_and_no_science_section_holds_them():
+    params = repo_params()
+    params["runtime"] = {"workers": 3, "engine": "spark", "threads": 5, "device": "auto", "cutout_workers": 7}
+    path = "params.yaml"
+    check_keys(params, SCHEMA, path)
+    assert runtime_config(params, path) == Runtime(3, "spark", 5, "auto", 7)
+    survey = survey_config(params, path)
+    assert (survey.workers, survey.engine, survey.cutout_workers) == (3, "spark", 7)
+    engine = engine_settings(params, path)
+    assert (engine.workers, engine.engine, engine.device) == (3, "spark", "auto")
+    assert (train_config(params, "gen5p", path).threads, train_config(params, "gen5p", path).device) == (5, "auto")
+    assert hard_negatives_config(params, path).workers == 3
+    assert anchors_config(params, path).cutout_config.workers == 7
+    assert galaxy_zoo_config(params["hard_negatives"]["galaxy_zoo"], path, 7).cutout_config.workers == 7
+    science = {k: v for k, v in SCHEMA.items() if k != "runtime"}
+
+    def keys(schema):
+        for key, sub in schema.items():
+            yield key
+            if isinstance(sub, dict):
+                yield from keys(sub)
+    assert not RUNTIME_FIELDS & set(keys(science)), "an execution setting is back in a science section"
+
+
+def test_runtime_section_is_optional():
+    params = repo_params()
+    del params["runtime"]
+    assert runtime_config(params, "params.yaml") == Runtime()
+
+
+@pytest.mark.parametrize("where,key,home", [
+    (("inject",), "device", "runtime.device"), (("inject",), "workers", "runtime.workers"),
+    (("survey",), "engine", "runtime.engine"), (("train",), "threads", "runtime.threads"),
+    (("generations", "gen5p", "train"), "device", "runtime.device"),
+    (("hard_negatives",), "workers", "runtime.workers"),
+    (("anchors", "cutout"), "workers", "runtime.cutout_workers"),
+])
+def test_an_execution_setting_in_a_science_section_names_its_runtime_key(tmp_path, where, key, home):
+    params = repo_params()
+    node = params
+    for name in where:
+        node = node[name]
+    node[key] = 1
+    message = refused(tmp_path, params)
+    assert f"bad.yaml: {'.'.join(where)}: unknown key {key!r} (now {home}: execution settings are not science " \
+           "params)" in message
+
+
+def test_bad_runtime_values_name_file_and_key():
+    params = repo_params()
+    params["runtime"]["workers"] = 0
+    with pytest.raises(ParamError, match=r"^params\.yaml: runtime\.workers = 0: must be > 0$"):
+        runtime_config(params, "params.yaml")
+    params["runtime"] = {"device": "tpu"}
+    with pytest.raises(ParamError, match=r"^params\.yaml: runtime\.device = 'tpu': must be cpu, cuda or auto$"):
+        survey_config(params, "params.yaml")
 
 
 def test_builder_refuses_a_key_supplied_from_elsewhere():

@@ -145,8 +145,8 @@ def fits_of(table: pa.Table, row: int) -> bytes:
 
 def targets_params(path: Path, base: str, cache: Path, **survey_overrides) -> dict:
     params = real_params("targets", str(path), **survey_overrides)
-    params["survey"]["cutout"].update(base_url=base + CUTOUT_PATH, workers=1, retries=0, backoff_s=0.0,
-                                      timeout_s=5.0)
+    params["survey"]["cutout"].update(base_url=base + CUTOUT_PATH, retries=0, backoff_s=0.0, timeout_s=5.0)
+    params["runtime"]["cutout_workers"] = 1
     params["survey"]["cache_dir"] = str(cache)
     return params
 

@@ -1,5 +1,6 @@
 """The review workflow on the real dvc.yaml: one tiny `dvc repro` (survey ... report), then the DVC
-commands a reviewer runs -- metrics show / diff, plots, status after a param change, a queued experiment.
+commands a reviewer runs -- metrics show / diff, plots, status after a param or runtime change, a queued
+experiment.
 
 The project is built once (shared by every test here, also across pytest-xdist workers, under a file
 lock); each test works in its own `git clone` with a copy of the DVC cache, so tests never share a
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from conftest import copy_project, report_links_mismatching, review_params, write_params
+from test_pipeline_dvc import init_repo
 
 UPSTREAM = {"survey", "survey_gallery", "split", "hard_negatives", "anchors", "inject@gen5", "inject@gen5p",
             "benchmark_injections", "benchmark", "data_gates@gen5", "data_gates@gen5p", "train@gen5", "evaluate@gen5"}
@@ -43,12 +45,7 @@ def ran_stages(output: str) -> set[str]:
 def build(root: Path) -> None:
     """A git + DVC repository with this project's pipeline and tiny params, reproduced and committed."""
     copy_project(root, review_params())
-    run(["git", "init", "-q"], root)
-    run(["git", "config", "user.email", "ci@example.org"], root)
-    run(["git", "config", "user.name", "ci"], root)
-    run(DVC + ["init", "-q"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "tiny project"], root)
+    init_repo(root, "tiny project")
     output = run(DVC + ["repro"], root)
     assert {"compare", "report"} <= ran_stages(output), output[-3000:]
     run(["git", "add", "-A"], root)
@@ -99,13 +96,17 @@ def test_metrics_plots_and_report_cover_both_generations(clone):
     assert "Data and pipelines are up to date" in run(DVC + ["status"], clone)
     shown = json.loads(run(DVC + ["metrics", "show", "--json"], clone))
     data = next(iter(shown.values()))["data"]
-    for gen in ("gen5", "gen5p"):
-        for name in ("evaluate", "model_gates", "train", "inject", "data_gates"):
-            assert f"metrics/{gen}/{name}.json" in data, sorted(data)
-    assert data["metrics/gen5/evaluate.json"]["data"]["benchmark_sha256"] == \
-        data["metrics/gen5p/evaluate.json"]["data"]["benchmark_sha256"] == \
-        data["metrics/compare.json"]["data"]["benchmark_sha256"]
-    compare = data["metrics/compare.json"]["data"]
+    assert sorted(data) == ["metrics/summary.json"]   # the headline; the detail JSONs are plain outs
+    summary = data["metrics/summary.json"]["data"]
+    assert {"gen5", "gen5p", "difference", "verdict_counts"} <= set(summary) and "auc" in summary["difference"]
+    detail = {f"metrics/{gen}/{name}.json": json.loads((clone / "metrics" / gen / f"{name}.json").read_text())
+              for gen in ("gen5", "gen5p") for name in ("evaluate", "model_gates", "train", "inject", "data_gates")}
+    detail["metrics/compare.json"] = json.loads((clone / "metrics" / "compare.json").read_text())
+    assert detail["metrics/gen5/evaluate.json"]["benchmark_sha256"] == \
+        detail["metrics/gen5p/evaluate.json"]["benchmark_sha256"] == detail["metrics/compare.json"]["benchmark_sha256"]
+    shown = json.loads(run(DVC + ["metrics", "show", "--json", "metrics/gen5p/evaluate.json"], clone))
+    assert "roc" in next(iter(shown.values()))["data"]["metrics/gen5p/evaluate.json"]["data"]   # any file on request
+    compare = detail["metrics/compare.json"]
     assert (compare["baseline"], compare["candidate"]) == ("gen5", "gen5p") and compare["n_metrics"] > 20
     # one plot per curve holding both generations (top-level plots, generations from compare.*)
     plots = json.loads(run(DVC + ["plots", "show", "--json"], clone))
@@ -139,9 +140,14 @@ def test_gen5p_training_param_reruns_only_gen5p_training_and_after(clone):
     run(["git", "commit", "-qm", "gen5p: learning rate 5e-4"], clone)
     diff = run(DVC + ["metrics", "diff", "HEAD~1", "--md"], clone)
     assert diff.startswith("| Path") and "| Change" in diff.splitlines()[0]
-    moved = {line.split("|")[1].strip() for line in diff.splitlines()[2:] if line.startswith("|")}
-    assert "metrics/gen5p/train.json" in moved and "metrics/gen5p/evaluate.json" in moved, moved
-    assert not any(path.startswith(("metrics/gen5/", "metrics/split", "metrics/survey")) for path in moved), moved
+    rows = [[cell.strip() for cell in line.split("|")[1:3]] for line in diff.splitlines()[2:] if line.startswith("|")]
+    assert {path for path, _ in rows} == {"metrics/summary.json"} and len(rows) < 60, diff   # the headline only
+    moved = {metric.split(".")[0] for _, metric in rows}
+    assert "gen5p" in moved and "gen5" not in moved, moved
+    detail = run(DVC + ["metrics", "diff", "HEAD~1", "--md", "--targets", "metrics/gen5p/train.json",
+                        "metrics/gen5p/evaluate.json", "metrics/gen5/evaluate.json", "metrics/survey.json"], clone)
+    moved = {line.split("|")[1].strip() for line in detail.splitlines()[2:] if line.startswith("|")}
+    assert moved == {"metrics/gen5p/train.json", "metrics/gen5p/evaluate.json"}, detail   # details on request
     params = run(DVC + ["params", "diff", "HEAD~1", "--md"], clone)
     assert "generations.gen5p.train.learning_rate" in params
     overlay = json.loads(run(DVC + ["plots", "diff", "HEAD~1", "--json"], clone))
@@ -160,13 +166,29 @@ def test_queued_gen5p_variant_runs_and_reports_its_metrics(clone):
     assert len(exps) == 1, json.dumps(shown)[:2000]
     data = exps[0]["data"]
     assert data["params"]["params.yaml"]["data"]["generations"]["gen5p"]["train"]["hard_negative_frac"] == 0.5
-    metrics = data["metrics"]
-    train = metrics["metrics/gen5p/train.json"]["data"]
+    assert sorted(data["metrics"]) == ["metrics/summary.json"]
+    assert "auc" in data["metrics"]["metrics/summary.json"]["data"]["gen5p"]
+    # the detail JSONs are committed in the experiment (cache: false outs)
+    train = json.loads(run(["git", "show", f"{exps[0]['rev']}:metrics/gen5p/train.json"], clone))
     baseline = json.loads((clone / "metrics" / "gen5p" / "train.json").read_text())
     assert train["hard_negative_share_of_negatives"]["rate"] > baseline["hard_negative_share_of_negatives"]["rate"], \
         (train, baseline)
-    assert metrics["metrics/compare.json"]["data"]["candidate"] == "gen5p"
-    assert "roc" in metrics["metrics/gen5p/evaluate.json"]["data"]
     diff = run(DVC + ["exp", "diff", "HEAD", "hnf05", "--md"], clone)
-    assert "metrics/gen5p/train.json" in diff and "generations.gen5p.train.hard_negative_frac" in diff
-    assert "metrics/gen5/" not in diff
+    assert "metrics/summary.json" in diff and "generations.gen5p.train.hard_negative_frac" in diff
+    assert "| gen5." not in diff, diff
+
+
+def test_runtime_settings_rerun_nothing(clone):
+    """Workers, engine, threads, device and cutout threads are in no stage's params: `dvc status` stays
+    clean; science keys of a section that stages read key by key still mark exactly their readers."""
+    for key, value in (("workers", 2), ("engine", "spark"), ("threads", 2), ("device", "cuda"),
+                       ("cutout_workers", 9)):
+        set_param(clone, f"runtime.{key}", value)
+    assert json.loads(run(DVC + ["status", "--json"], clone)) == {}
+    assert "Data and pipelines are up to date" in run(DVC + ["status"], clone)
+    set_param(clone, "inject.acceptance_bins", 30)   # arc-S/N sampling: the injection stages only
+    assert set(json.loads(run(DVC + ["status", "--json"], clone))) == \
+        {"inject@gen5", "inject@gen5p", "benchmark_injections"}
+    set_param(clone, "inject.tile_pix", 8)           # rendering: also the anchors and evaluate's arc redraws
+    assert set(json.loads(run(DVC + ["status", "--json"], clone))) == \
+        {"inject@gen5", "inject@gen5p", "benchmark_injections", "anchors", "evaluate@gen5", "evaluate@gen5p"}

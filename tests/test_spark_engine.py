@@ -62,8 +62,8 @@ def local_bytes(folder) -> dict[str, bytes]:
 # --- the two engines give the same outputs ---------------------------------------------------
 
 def test_survey_on_spark_writes_the_local_engines_bytes_to_s3(spark, tiny_survey, tmp_path):
-    """survey.engine = spark, output on s3a://: every part file byte-identical to the local engine's."""
-    params = write_params(tmp_path / "params.yaml", tiny_params(engine="spark", workers=2))
+    """runtime.engine = spark, output on s3a://: every part file byte-identical to the local engine's."""
+    params = write_params(tmp_path / "params.yaml", tiny_params({"engine": "spark", "workers": 2}))
     out = f"s3a://{BUCKET}/runs/survey"
     survey.main(["--params", str(params), "--out", out, "--metrics", str(tmp_path / "survey.json")])
     local = local_bytes(tiny_survey)  # the conftest survey: same params, engine local, 1 worker
@@ -92,8 +92,8 @@ def test_inject_on_spark_matches_the_local_engine(spark, tiny_survey, assignment
     places = {"local": (str(tiny_survey), str(tmp_path / "local")),
               "spark": (f"s3a://{BUCKET}/inputs/survey", f"s3://{BUCKET}/runs/inject")}
     for engine, workers in (("local", 1), ("spark", 2)):
-        params = tiny_params()
-        params["inject"].update(workers=workers, batch_size=16, engine=engine)
+        params = tiny_params({"workers": workers, "engine": engine})
+        params["inject"].update(batch_size=16)
         params["generations"]["gen5p"]["n_candidates"] = 4
         path = write_params(tmp_path / f"{engine}.yaml", params)
         survey_in, out = places[engine]
@@ -211,14 +211,12 @@ def test_spark_scan_prunes_partitions_and_tensors_survive_the_exchange(spark, ma
 
 # --- loud failures --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("section", ["survey", "inject"])
-def test_unknown_engine_is_named_with_file_and_key(tmp_path, section):
-    params = tiny_params()
-    params[section]["engine"] = "dask"
-    path = write_params(tmp_path / "params.yaml", params)
-    message = rf"{path}: {section}\.engine = 'dask': must be one of local, spark"
+@pytest.mark.parametrize("stage", ["survey", "inject"])
+def test_unknown_engine_is_named_with_file_and_key(tmp_path, stage):
+    path = write_params(tmp_path / "params.yaml", tiny_params({"engine": "dask"}))
+    message = rf"{path}: runtime\.engine = 'dask': must be one of local, spark"
     with pytest.raises(ParamError, match=message):
-        if section == "survey":
+        if stage == "survey":
             survey.main(["--params", str(path), "--out", str(tmp_path / "o"), "--metrics", str(tmp_path / "m")])
         else:
             inject.main(["--generation", "gen5", "--params", str(path), "--out", str(tmp_path / "o"),
@@ -228,7 +226,7 @@ def test_unknown_engine_is_named_with_file_and_key(tmp_path, section):
 
 def test_missing_java_fails_loudly_and_pyspark_stays_unimported(tmp_path):
     """engine spark without Java: the stage exits with what to install; the local path never imports pyspark."""
-    path = write_params(tmp_path / "params.yaml", tiny_params(engine="spark"))
+    path = write_params(tmp_path / "params.yaml", tiny_params({"engine": "spark"}))
     env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
     env["PATH"] = os.path.dirname(sys.executable)  # the venv's bin: python, no java
     result = subprocess.run([sys.executable, "-m", "stages.survey", "--params", str(path), "--out",

@@ -11,16 +11,16 @@ from darkhalo.params import ParamError
 from stages import survey, survey_gallery
 
 
-def run_survey(tmp_path, name, **overrides):
+def run_survey(tmp_path, name, runtime=None, **overrides):
     out = tmp_path / name
-    params = write_params(tmp_path / f"{name}.yaml", tiny_params(**overrides))
+    params = write_params(tmp_path / f"{name}.yaml", tiny_params(runtime, **overrides))
     survey.main(["--params", str(params), "--out", str(out), "--metrics", str(tmp_path / f"{name}.json")])
     return out
 
 
 def test_same_params_give_byte_identical_shards_whatever_the_worker_count(tmp_path):
-    a = run_survey(tmp_path, "a", workers=1)
-    b = run_survey(tmp_path, "b", workers=2)
+    a = run_survey(tmp_path, "a", {"workers": 1})
+    b = run_survey(tmp_path, "b", {"workers": 2})
     files_a, files_b = sorted(p.name for p in a.iterdir()), sorted(p.name for p in b.iterdir())
     assert files_a == files_b == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     for name in files_a:

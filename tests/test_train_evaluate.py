@@ -21,9 +21,9 @@ def project(gates_project, tmp_path_factory):
     """gates_project (160-parent survey + real split) with gen5 injections, benchmark and an empty quarantine."""
     root = tmp_path_factory.mktemp("train_eval")
     params = json.loads(json.dumps(__import__("yaml").safe_load((gates_project / "params.yaml").read_text())))
-    params["inject"].update(workers=1, batch_size=32)
+    params["inject"].update(batch_size=32)
     params["benchmark"]["injection"].update(n_candidates=3, arc_snr_target={"log_uniform": [3, 300]})
-    params["train"].update(epochs=3, batch_size=32, threads=1)
+    params["train"].update(epochs=3, batch_size=32)
     params["evaluate"].update(operating_fpr=0.1, batch_size=64)
     path = write_params(root / "params.yaml", params)
     common = ["--params", str(path), "--survey", str(gates_project / "data" / "survey"),
