@@ -16,8 +16,9 @@ class PreprocessingMismatch(ValueError):
 class Scorer:
     """A loaded checkpoint: ``score(images_nmgy, metadata_raw)`` -> lens probabilities."""
 
-    def __init__(self, checkpoint: dict, source: str, expected: Normalization | None = None):
+    def __init__(self, checkpoint: dict, source: str, expected: Normalization | None = None, threads: int = 1):
         self.checkpoint = checkpoint
+        self.threads = threads       # preprocessing threads (the same bytes whatever the count)
         self.metadata_columns = tuple(checkpoint["metadata_columns"])
         self.normalization = normalization_from_dict(checkpoint["normalization"])
         if expected is not None and expected.to_dict() != self.normalization.to_dict():
@@ -31,13 +32,13 @@ class Scorer:
         self.model.eval()
 
     @classmethod
-    def load(cls, path: str, expected: Normalization | None = None) -> "Scorer":
+    def load(cls, path: str, expected: Normalization | None = None, threads: int = 1) -> "Scorer":
         """Load a checkpoint; ``expected`` (the params' preprocessing) must equal the stored one."""
-        return cls(torch.load(path, map_location="cpu", weights_only=True), path, expected)
+        return cls(torch.load(path, map_location="cpu", weights_only=True), path, expected, threads)
 
     def preprocess(self, images_nmgy: np.ndarray) -> np.ndarray:
         """The model input of (N, 3, S, S) stamps in nmgy (the checkpoint's preprocessing)."""
-        return normalize(images_nmgy, self.normalization)
+        return normalize(images_nmgy, self.normalization, threads=self.threads)
 
     def score(self, images_nmgy: np.ndarray, metadata_raw: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Probabilities (N,) for (N, 3, S, S) stamps in nmgy and (N, M) raw metadata columns."""

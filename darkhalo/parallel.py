@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from .dataset import S3_SCHEMES
@@ -43,8 +44,11 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _init_worker(parent: int) -> None:
-    """Pool worker set-up: SIGINT is left to the parent (it terminates the pool), SIGTERM
-    ends the worker, and the worker exits when ``parent`` dies."""
+    """Pool worker set-up: one BLAS/OpenMP thread (the pool is the parallelism: more threads
+    oversubscribe the cores and make float results depend on the thread count), SIGINT left to
+    the parent (it terminates the pool), SIGTERM ends the worker, and the worker exits when
+    ``parent`` dies."""
+    threadpool_limits(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
@@ -67,9 +71,10 @@ def map_shards(fn: Callable[..., Any], shard_args: Iterable[tuple], workers: int
     with tqdm(total=len(shard_args), desc=desc, unit="shard") as bar:
         if workers <= 1 or len(shard_args) <= 1:
             results = []
-            for args in shard_args:
-                results.append(fn(*args))
-                bar.update()
+            with threadpool_limits(1):   # as in a pool worker: same floats whatever ``workers``
+                for args in shard_args:
+                    results.append(fn(*args))
+                    bar.update()
             return results
         # leaving the block (on an interrupt too) terminates the workers
         with multiprocessing.get_context("spawn").Pool(min(workers, len(shard_args)), _init_worker,

@@ -129,7 +129,8 @@ class StampSet:
 
 
 def load_stamps(uri: str, split: str, spec: Normalization, metadata_columns: tuple, exclude_task_ids=None,
-                label_column: str = "is_control", stamp_size: int = 64, id_column: str = "task_id") -> StampSet:
+                label_column: str = "is_control", stamp_size: int = 64, id_column: str = "task_id",
+                threads: int = 1) -> StampSet:
     """Stream one split of a dataset into memory, normalised; rows failing contracts are skipped and counted.
 
     Labels: 1 - is_control for injection datasets; hard-negative datasets
@@ -152,7 +153,7 @@ def load_stamps(uri: str, split: str, spec: Normalization, metadata_columns: tup
         keep &= finite
         if not keep.any():
             continue
-        images.append(normalize(stamps.image[keep], spec))
+        images.append(normalize(stamps.image[keep], spec, threads=threads))
         lab = (1 - table.column(label_column).to_numpy()[keep]) if label_column in names else np.zeros(keep.sum())
         labels.append(lab.astype(np.float32))
         ids.append(task[keep])

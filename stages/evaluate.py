@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
                             refine_rel=engine.refine_rel)
     metrics_dir = Path(args.metrics_dir or f"metrics/{gen}")
     plots_dir = Path(args.plots_dir or f"plots/{gen}")
-    torch.set_num_threads(runtime_config(params, args.params).threads)
+    threads = runtime_config(params, args.params).threads
+    torch.set_num_threads(threads)
     manifest = check_benchmark(args.benchmark)
     n_negatives = manifest["parts"]["injections"]["rows"] // 2 + manifest["parts"]["hard_negatives"]["rows"]
     if n_negatives < config.min_benchmark_negatives:
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     inject_uri = args.inject or f"data/inject/{gen}"
     runs = []
     for k in range(train.seeds):
-        scorer = Scorer.load(str(model_dir / seed_file_name("model", ".pt", k)), expected=train.input_spec)
+        scorer = Scorer.load(str(model_dir / seed_file_name("model", ".pt", k)), expected=train.input_spec,
+                             threads=threads)
         scores, threshold, skipped = score_benchmark(
             scorer, manifest, inject_uri, config, survey.seed, render, engine.core_radius_pix,
             f"evaluate@{gen}" + (f" seed {k}" if k else ""))

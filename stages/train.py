@@ -75,12 +75,13 @@ def run(argv: list[str] | None = None) -> None:
         excluded = read_table(quarantine, columns=["task_id"]).column("task_id").to_numpy()
         cols = config.metadata_columns
         spec = config.input_spec
-        train = load_stamps(inject_dir, "train", spec, cols, excluded)
-        val = load_stamps(inject_dir, "val", spec, cols, excluded)
+        train = load_stamps(inject_dir, "train", spec, cols, excluded, threads=config.threads)
+        val = load_stamps(inject_dir, "val", spec, cols, excluded, threads=config.threads)
         n_hard = 0
         if config.hard_negative_frac > 0:
             hashes["hard_negatives"] = content_hash(args.hard_negatives)
-            hard = load_stamps(args.hard_negatives, "train", spec, cols, id_column="parent_id")
+            hard = load_stamps(args.hard_negatives, "train", spec, cols, id_column="parent_id",
+                                threads=config.threads)
             train, n_hard = mix_hard_negatives(train, hard, config.hard_negative_frac, seed)
         if config.max_train_rows and len(train) > config.max_train_rows:
             from darkhalo.rng import keyed_rng

@@ -1,13 +1,14 @@
 """The shared robust normalisation (darkhalo/normalize.py): definition, parameters, checkpoint round trip."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from darkhalo.normalize import (DEFAULT_NORMALIZATION, Normalization, core_mask, normalization_from_dict, normalize,
-                                outer_mask, robust_stats)
+from darkhalo.normalize import (DEFAULT_NORMALIZATION, RESIDUAL, Normalization, core_mask, normalization_from_dict,
+                                normalize, outer_mask, robust_stats)
 
 
 def reference(stamp: np.ndarray, radius: float, clip: float) -> np.ndarray:
@@ -60,3 +61,13 @@ def test_nan_pixels_propagate_and_constant_bands_do_not_divide_by_zero():
     stamps[0, 1, 0, 0] = np.nan
     out = normalize(stamps)
     assert np.isnan(out[0, 1]).all() and np.isfinite(out[0, [0, 2]]).all() and (out[1] == 0).all()
+
+
+def test_threaded_normalisation_is_byte_identical():
+    """Threads split the batch into blocks; a stamp's model input does not depend on its batch."""
+    rng = np.random.default_rng(5)
+    images = rng.normal(0.0, 0.01, (150, 3, 64, 64)) + 0.5 * np.exp(-np.hypot(*np.mgrid[-32:32, -32:32]) / 3.0)
+    spec = dataclasses.replace(DEFAULT_NORMALIZATION, name=RESIDUAL, crop_pix=32)
+    one = normalize(images, spec)
+    assert np.array_equal(one, normalize(images, spec, threads=2))
+    assert np.array_equal(one[17:18], normalize(images[17:18], spec))
