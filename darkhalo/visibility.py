@@ -51,6 +51,7 @@ _SERSIC_N_GRID = np.round(np.arange(0.8, 6.0001, 0.1), 2)
 _PSF_MGE_SIGMAS_ALPHA = (0.25, 0.45, 0.75, 1.2, 1.9, 3.0, 4.8)
 
 TIER_A, TIER_B = "A", "B"
+SNR_DECIMALS = 2   # arc-visibility S/N are stored to 0.01 (cross-machine determinism, see _stored)
 
 
 @functools.lru_cache(maxsize=8)
@@ -450,8 +451,16 @@ def arc_visibility(image: np.ndarray, invvar: np.ndarray, psf_fwhm_arcsec, theta
     if n_used_bands == 0:
         raise ValueError("arc visibility: no usable pixel in the annulus")
     snr = float(np.nansum(per_band) / np.sqrt(n_used_bands))
-    return ArcVisibility(snr, tuple(per_band), float(sectors.max() / np.sqrt(n_used_bands)), inner, outer,
-                         int(annulus.sum()), lens, residual)
+    return ArcVisibility(_stored(snr), tuple(_stored(s) for s in per_band),
+                         _stored(sectors.max() / np.sqrt(n_used_bands)), inner, outer, int(annulus.sum()), lens,
+                         residual)
+
+
+def _stored(snr: float) -> float:
+    """An S/N rounded to ``SNR_DECIMALS``: the fit agrees to ~1e-7 across CPUs (numpy's SIMD paths
+    change the last bits of its exponentials), so the rounded value is the same on any machine
+    unless it falls within ~1e-7 of a rounding edge; its statistical error is ~1."""
+    return round(float(snr), SNR_DECIMALS)
 
 
 def arc_visibility_snr(image: np.ndarray, invvar: np.ndarray, psf_fwhm_arcsec, theta_e_arcsec: float,

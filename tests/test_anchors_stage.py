@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import cutout_fits_bytes, tiny_params, write_params
+from conftest import OTHER_CPU_ENV, cutout_fits_bytes, tiny_params, write_params
 from darkhalo.anchors import (ANCHOR_PARENT_ID_BASE, AnchorCheckError, AnchorPositionError, anchors_config,
                               read_lenscat, select_anchors)
 from darkhalo.dataset import read_table
@@ -158,6 +161,21 @@ def test_same_params_give_byte_identical_outputs(stage_run, project):
     files = sorted(p.name for p in first["data"].iterdir())
     assert files == sorted(p.name for p in second["data"].iterdir()) == ["part-00000.parquet"]
     assert (first["data"] / files[0]).read_bytes() == (second["data"] / files[0]).read_bytes()
+
+
+def test_outputs_do_not_depend_on_the_cpu_simd_paths_or_threads(stage_run, project):
+    """Cross-machine determinism: the stage run with numpy's SIMD paths limited to the x86-64-v2 baseline
+    and one BLAS/OpenMP thread (a subprocess) writes this machine's bytes."""
+    _, _, first = stage_run
+    out = project["root"] / "other_cpu"
+    out.mkdir()
+    params = write_params(out / "params.yaml", anchor_params())
+    subprocess.run([sys.executable, "-m", "stages.anchors", "--params", str(params), "--assignment",
+                    str(project["assignment"]), "--out", str(out / "anchors"), "--metrics", str(out / "anchors.json"),
+                    "--gallery", str(out / "anchors_gallery.png")], check=True, env={**os.environ, **OTHER_CPU_ENV},
+                   capture_output=True)
+    assert first["metrics"].read_text() == (out / "anchors.json").read_text()
+    assert (first["data"] / "part-00000.parquet").read_bytes() == (out / "anchors" / "part-00000.parquet").read_bytes()
 
 
 def test_gallery_is_a_png_with_a_row_per_tier(stage_run):

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import healpy as hp
 import numpy as np
@@ -9,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import tiny_params, write_params
+from conftest import OTHER_CPU_ENV, tiny_params, write_params
 from darkhalo.dataset import read_table
 from darkhalo.hard_negatives import (CLASSES, HARD_NEGATIVE_PARENT_ID_BASE, hard_negatives_config,
                                      simulate_hard_negatives)
@@ -130,6 +133,25 @@ def test_same_params_give_byte_identical_outputs_whatever_the_worker_count(stage
         assert (out_a / rel).read_bytes() == (out_b / rel).read_bytes(), rel
     assert (tmp / "a.json").read_text() == (tmp_path / "b.json").read_text()
     assert (tmp / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_outputs_do_not_depend_on_the_cpu_simd_paths_or_threads(stage_run, tmp_path):
+    """Cross-machine determinism: numpy's SIMD paths limited to the x86-64-v2 baseline and one
+    BLAS/OpenMP thread give this machine's bytes (the visibility fit differs by ~1e-7 between them;
+    its S/N is stored to 0.01)."""
+    tmp, out_a, _ = stage_run
+    params = write_params(tmp_path / "c.yaml", hn_params(workers=1))
+    assignment = write_assignment(tmp_path / "c-assignment.parquet", hn_params(workers=1))
+    env = {**os.environ, **OTHER_CPU_ENV}
+    out_c = tmp_path / "c"
+    subprocess.run([sys.executable, "-m", "stages.hard_negatives", "--params", str(params), "--assignment",
+                    str(assignment), "--out", str(out_c), "--metrics", str(tmp_path / "c.json"),
+                    "--gallery", str(tmp_path / "c.png")], check=True, env=env, capture_output=True)
+    files = sorted(p.relative_to(out_a) for p in out_a.rglob("*.parquet"))
+    assert files and files == sorted(p.relative_to(out_c) for p in out_c.rglob("*.parquet"))
+    for rel in files:
+        assert (out_a / rel).read_bytes() == (out_c / rel).read_bytes(), rel
+    assert (tmp / "a.json").read_text() == (tmp_path / "c.json").read_text()
 
 
 def test_gallery_is_a_png_with_a_row_per_class(stage_run):
