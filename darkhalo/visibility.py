@@ -85,20 +85,24 @@ def _sersic_mge_table() -> np.ndarray:
     return np.array(rows)
 
 
+def _n_grid_cell(n_sersic: float) -> tuple[int, float]:
+    """(index lo, fraction) of ``n_sersic`` in the MGE table's n grid: n between grid[lo] and grid[lo + 1]."""
+    pos = np.interp(n_sersic, _SERSIC_N_GRID, np.arange(len(_SERSIC_N_GRID)))
+    lo = int(min(np.floor(pos), len(_SERSIC_N_GRID) - 2))
+    return lo, pos - lo
+
+
 def sersic_mge(n_sersic: float) -> np.ndarray:
     """Amplitudes of the R_e = 1 unit-flux Sersic MGE at ``n_sersic`` (0.8 <= n <= 6)."""
     table = _sersic_mge_table()
-    pos = np.interp(n_sersic, _SERSIC_N_GRID, np.arange(len(_SERSIC_N_GRID)))
-    lo = int(min(np.floor(pos), len(_SERSIC_N_GRID) - 2))
-    frac = pos - lo
+    lo, frac = _n_grid_cell(n_sersic)
     return (1.0 - frac) * table[lo] + frac * table[lo + 1]
 
 
 def _sersic_mge_slope(n_sersic: float) -> np.ndarray:
     """d(amplitudes)/dn of ``sersic_mge`` at ``n_sersic`` (the slope of its linear interpolation in n)."""
     table = _sersic_mge_table()
-    pos = np.interp(n_sersic, _SERSIC_N_GRID, np.arange(len(_SERSIC_N_GRID)))
-    lo = int(min(np.floor(pos), len(_SERSIC_N_GRID) - 2))
+    lo, _ = _n_grid_cell(n_sersic)
     return (table[lo + 1] - table[lo]) / (_SERSIC_N_GRID[lo + 1] - _SERSIC_N_GRID[lo])
 
 
