@@ -30,7 +30,7 @@ from .rng import stream_id
 from .runtime import runtime_config
 from .source_bank import SourceBank
 from .stamps import StampBatch, native_columns
-from .units import BANDS, PIXEL_SCALE_ARCSEC, flux_nmgy_from_mag, pixel_area_arcsec2
+from .units import BANDS, PIXEL_SCALE_ARCSEC, catalogue_precision, flux_nmgy_from_mag, pixel_area_arcsec2
 
 CLUMP_BLUE_DGR, CLUMP_BLUE_DRZ = -0.3, -0.2  # star-forming clumps are bluer than the disc (mag)
 
@@ -195,10 +195,11 @@ def draw_candidates(config: InjectConfig, parents: dict, parent_rows: np.ndarray
         cands[k] = np.asarray(v, dtype=np.float64).reshape(len(cands["row"]), gen.n_clumps)
     # Fluxes: src_dmag is the unlensed source r mag minus the LRG's observed r mag.
     src_mag_r = parents["lrg_mag_r"][cands["row"]] + cands["src_dmag"]
-    flux_r = flux_nmgy_from_mag(src_mag_r)
-    colour = {"g": 10 ** (-0.4 * cands["src_gr"]), "r": np.ones_like(flux_r), "z": 10 ** (0.4 * cands["src_rz"])}
-    clump_colour = {"g": 10 ** (-0.4 * (cands["src_gr"] + CLUMP_BLUE_DGR)), "r": np.ones_like(flux_r),
-                    "z": 10 ** (0.4 * (cands["src_rz"] + CLUMP_BLUE_DRZ))}
+    flux_r = catalogue_precision(flux_nmgy_from_mag(src_mag_r))
+    colour = catalogue_precision({"g": 10 ** (-0.4 * cands["src_gr"]), "r": np.ones_like(flux_r),
+                                  "z": 10 ** (0.4 * cands["src_rz"])})
+    clump_colour = catalogue_precision({"g": 10 ** (-0.4 * (cands["src_gr"] + CLUMP_BLUE_DGR)), "r": np.ones_like(flux_r),
+                                        "z": 10 ** (0.4 * (cands["src_rz"] + CLUMP_BLUE_DRZ))})
     frac = cands["src_clump_flux_frac"] if gen.n_clumps else np.zeros_like(flux_r)
     cands["src_mag_r"] = src_mag_r
     cands["sersic_flux_nmgy"] = np.stack([flux_r * (1 - frac) * colour[b] for b in BANDS], axis=1)
@@ -481,7 +482,7 @@ def inject_parents(config: InjectConfig, parents: pa.Table, stamps: StampBatch, 
         add(f"total_injected_flux_{band}", arcs[:, j].sum(axis=(1, 2), dtype=np.float64))
     add("moffat_beta", np.full(n, config.engine.moffat_beta))
     add("supersample", np.full(n, config.engine.supersample), pa.int32())
-    add("magnification", lensed.sum(axis=1, dtype=np.float64) / src_total.sum(axis=1))
+    add("magnification", catalogue_precision(lensed.sum(axis=1, dtype=np.float64) / src_total.sum(axis=1)))
     add("arc_snr", arc_snr(arcs, invvar, good))
     add("arc_snr_aperture", arc_snr_aperture(arcs, invvar, good))
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr
 
-from .units import BANDS, flux_nmgy_from_mag, mw_transmission, psfdepth_from_depth_mag
+from .units import BANDS, catalogue_precision, flux_nmgy_from_mag, mw_transmission, psfdepth_from_depth_mag
 
 PERCENTILES = np.array([0.0, 5.0, 25.0, 50.0, 75.0, 95.0, 100.0])
 # (0 and 100 are tail ends chosen by us; the inner five are the users' figures)
@@ -53,7 +53,7 @@ def draw_observing_conditions(rng: np.random.Generator, depth_mode: str, gal_b_d
         out[f"psfdepth_{band}"] = float(psfdepth_from_depth_mag(DEPTH_MAG_MEDIAN[depth_mode][band] + dmag))
     sin_b = max(np.sin(np.radians(abs(gal_b_deg))), 0.2)
     out["ebv"] = float(np.clip(0.016 / sin_b * np.exp(0.35 * rng.standard_normal()), 0.002, 0.4))
-    return out
+    return catalogue_precision(out)
 
 
 def draw_deflector(rng: np.random.Generator, ebv: float) -> dict:
@@ -80,7 +80,7 @@ def draw_deflector(rng: np.random.Generator, ebv: float) -> dict:
         q = float(np.clip(1.0 - abs(0.25 * rng.standard_normal()), 0.3, 1.0))
     out.update(lrg_reff_arcsec=reff, lrg_n_sersic=n_sersic, lrg_q=q,
                lrg_phi_rad=float(rng.uniform(0.0, np.pi)))
-    return out
+    return catalogue_precision(out)
 
 
 def draw_neighbours(rng: np.random.Generator, stamp_half_arcsec: float, gal_b_deg: float,
@@ -130,7 +130,7 @@ def draw_neighbours(rng: np.random.Generator, stamp_half_arcsec: float, gal_b_de
         "gr": gr_star,
         "rz": np.clip(0.9 * gr_star - 0.2 + 0.15 * rng.standard_normal(n_star), -0.3, 2.0),
     }
-    return {"galaxies": gal, "stars": star}
+    return {"galaxies": catalogue_precision(gal), "stars": catalogue_precision(star)}
 
 
 def band_fluxes_nmgy(mag_r, gr, rz, ebv):

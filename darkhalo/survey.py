@@ -23,7 +23,7 @@ from .psf import moffat_image, moffat_kernels, noise_equivalent_area_pix
 from .rng import keyed_rng
 from .runtime import runtime_config
 from .stamps import StampBatch, native_columns
-from .units import AB_ZP_NMGY, BANDS, PIXEL_SCALE_ARCSEC, depth_mag_from_psfdepth, mag_from_flux_nmgy, mw_transmission, pixel_sigma_nmgy
+from .units import AB_ZP_NMGY, BANDS, PIXEL_SCALE_ARCSEC, catalogue_precision, depth_mag_from_psfdepth, mag_from_flux_nmgy, mw_transmission, pixel_sigma_nmgy
 
 DEFECT_NONE, DEFECT_NAN, DEFECT_MISSING_BAND = "", "nan_pixels", "missing_band"
 SURVEY_MODES = ("embedded", "manifest", "targets")
@@ -106,13 +106,13 @@ def draw_site(patches: np.ndarray, parent_id: int, rng: np.random.Generator) -> 
 
 def draw_site_at(ra: float, dec: float, parent_id: int, rng: np.random.Generator) -> dict:
     """``draw_site`` at a given position (deg), e.g. a known lens's catalogue position."""
-    gal_b = float(footprint.galactic_latitude_deg(ra, dec))
+    gal_b = catalogue_precision(footprint.galactic_latitude_deg(ra, dec))
     mode = footprint.depth_mode(ra, dec)
     row = {"parent_id": parent_id, "ra": ra, "dec": dec, "brickname": footprint.brickname(ra, dec),
            "gal_b_deg": gal_b, "depth_mode": mode}
     row.update(population.draw_observing_conditions(rng, mode, gal_b))
     for band in BANDS:
-        row[f"mw_transmission_{band}"] = float(mw_transmission(row["ebv"], band))
+        row[f"mw_transmission_{band}"] = catalogue_precision(mw_transmission(row["ebv"], band))
     return row
 
 
@@ -259,7 +259,7 @@ def observe(config: SurveyConfig, rows: list[dict], rngs: list[np.random.Generat
         row["sim_n_neighbour_galaxies"] = len(neighbours["galaxies"]["mag_r"])
         row["sim_n_stars"] = len(neighbours["stars"]["mag_r"])
         for band in BANDS:
-            row[f"lrg_mag_{band}"] = float(mag_from_flux_nmgy(row[f"lrg_flux_nmgy_{band}"]))
+            row[f"lrg_mag_{band}"] = catalogue_precision(mag_from_flux_nmgy(row[f"lrg_flux_nmgy_{band}"]))
         row.update(stamp_size=size, bandset="grz", ab_zp_nmgy=AB_ZP_NMGY)
     table = pa.table({f.name: pa.array([r[f.name] for r in rows], type=f.type) for f in fields})
     batch = StampBatch(images, invvars, present, np.ones_like(present))

@@ -58,3 +58,20 @@ def mw_transmission(ebv, band):
 def pixel_area_arcsec2(pixel_scale_arcsec: float = PIXEL_SCALE_ARCSEC) -> float:
     """Solid angle of one pixel in arcsec^2."""
     return pixel_scale_arcsec**2
+
+
+def catalogue_precision(value):
+    """``value`` (float, array or dict of them) rounded to float32 precision (7 significant digits), as float64.
+
+    Catalogue quantities computed with numpy's transcendental functions (exp, sin, log10, **) differ in
+    their last bits between CPUs (each picks its own SIMD implementation); rounding each one where it is
+    computed makes stored columns, and every stamp rendered from them, the same on any machine (a value
+    changes only when the two machines straddle a float32 rounding boundary: ~2^-29 per value).
+    """
+    if isinstance(value, dict):
+        return {k: catalogue_precision(v) if isinstance(v, (float, np.floating, np.ndarray)) else v
+                for k, v in value.items()}
+    if isinstance(value, np.ndarray) and value.ndim:
+        return value.astype(np.float32).astype(np.float64) if value.dtype.kind == "f" else value
+    return float(np.float32(value))
+
