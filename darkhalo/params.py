@@ -69,7 +69,7 @@ SCHEMA = _keys(
                 "core_auc_tolerance", "core_folds", "core_max_stamps", "core_l2_c", "core_flux_ratio_eps",
                 "split_fraction_tolerance", "max_unpaired_frac", "normalization_outer_radius_pix",
                 "normalization_clip", "batch_rows", "brightness_quantile", "brightness_max_frac_above",
-                "pairing_key"),
+                "pairing_key", "max_abs_pixel_nmgy", "quality_ranges"),
     hard_negatives=_keys("mode", "classes", "n_per_class", "core_mag_r_range", "feature_dmag_range",
                          "feature_radius_arcsec_range", "measure_visibility", "shard_rows", "row_group_rows",
                          "gallery_per_class",
@@ -189,7 +189,7 @@ def build(cls, values: dict, where: str, path: str | Path, rules: dict[str, Rule
         if name in extra:
             continue
         if name not in values:
-            if field.default is dataclasses.MISSING:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
                 raise ParamError(f"{path}: {where}.{name} is required")
             continue
         value, want = values[name], hints[name]

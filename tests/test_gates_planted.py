@@ -136,6 +136,32 @@ def test_missing_band_fails_the_band_contract(gates_project, clean_table, tmp_pa
     assert f"(task_id {clean_table.column('task_id')[11].as_py()}, parent_id " in err and "missing image_g" in err
 
 
+def test_implausible_pixels_and_quality_values_fail_naming_row_and_column(gates_project, clean_table, tmp_path, capsys):
+    """Pixels of 1e30 / 3e38 nmgy and psfsize_r = 1e300 are finite but corrupt: each row is named, with the
+    column, its value and the allowed range (issue 13: they used to pass)."""
+    def blow_up(value):
+        def fn(planes, present, i):
+            planes[i, 10:14, 10:14] = value
+        return fn
+    table = set_pixels(set_pixels(clean_table, "image_g", 7, blow_up(1e30)), "image_z", 9, blow_up(3e38))
+    psf = table.column("psfsize_r").to_numpy().copy()
+    psf[13] = 1e300
+    table = table.set_column(table.column_names.index("psfsize_r"), "psfsize_r", pa.array(psf))
+    rc, metrics, _ = audit(gates_project, table, tmp_path, "implausible", "--policy", "fail")
+    err = capsys.readouterr().err
+    assert rc == 1 and {"1.2:pixel_range", "contract:quality_range"} <= failed(metrics)
+    assert "Traceback" not in err
+    ids = table.column("task_id").to_pylist()
+    pixel = next(l for l in err.splitlines() if l.startswith("GATE 1.2 FAILED [implausible] pixel_range"))
+    assert "2 of 640 rows" in pixel and f"(task_id {ids[7]}, " in pixel and f"(task_id {ids[9]}, " in pixel
+    assert "image_g: max |pixel| 1e+30 nmgy > 100000" in pixel and "image_z: max |pixel| 3e+38 nmgy" in pixel
+    quality = next(l for l in err.splitlines() if l.startswith("GATE contract FAILED [implausible] quality_range"))
+    assert f"(task_id {ids[13]}, " in quality and "column psfsize_r = 1e+300 outside [0.3, 5]" in quality
+    # the dataset-level gates run on the other rows: gate 1.1 is not blinded by the 1e300
+    assert metrics["gates"]["1.1:psfsize_r"]["verdict"] == "pass"
+    assert metrics["gates"]["1.1:psfsize_r"]["n"]["positive"] + metrics["gates"]["1.1:psfsize_r"]["n"]["control"] < 640
+
+
 def test_inverted_split_fails_the_fraction_gate(gates_project, clean_table, tmp_path, capsys):
     table = relabel(clean_table, np.ones(clean_table.num_rows, bool), {"train": "test", "test": "train"})
     rc, metrics, _ = audit(gates_project, table, tmp_path, "inverted")

@@ -54,3 +54,14 @@ def test_core_baseline_folds_keep_parents_together_and_detect_signal():
     assert roc_auc_score(y, scores) > 0.8 and np.isfinite(scores).all()
     with pytest.raises(NotEnoughData, match="each class"):
         out_of_fold_scores(x[:6], np.ones(6, bool), parent[:6], n_folds=5, l2_c=1.0, seed=9)
+
+
+def test_smd_stays_finite_on_values_whose_variance_overflows():
+    """The SMD is scale-free: values near 1e300 give the same SMD as the same values near 1 (no 0 from inf / inf)."""
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0.0, 1.0, 200), rng.normal(0.3, 1.0, 200)
+    d, (lo, hi) = standardized_mean_difference(a, b)
+    d_big, (lo_big, hi_big) = standardized_mean_difference(a * 1e300, b * 1e300)
+    assert d < -0.1 and np.isclose(d_big, d, rtol=1e-9) and np.isclose(lo_big, lo) and np.isclose(hi_big, hi)
+    with pytest.raises(ValueError, match="non-finite"):
+        standardized_mean_difference(np.array([1.0, np.inf]), b)

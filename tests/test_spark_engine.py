@@ -211,6 +211,22 @@ def test_spark_scan_prunes_partitions_and_tensors_survive_the_exchange(spark, ma
 
 # --- loud failures --------------------------------------------------------------------------
 
+def test_spark_verifies_the_page_checksums_the_project_writes(spark, tmp_path):
+    """4 KiB of random bytes inside a data page (footer intact): Spark's reader refuses the file, naming it,
+    as the shared reader does (tests/test_storage.py), instead of returning changed pixels."""
+    from test_storage import _scribble
+
+    table = pa.table({"image_z": np.random.default_rng(0).random(100_000), "row": np.arange(100_000)})
+    write_hive(table.append_column("part", pa.array(["a"] * table.num_rows)), tmp_path / "d", ["part"], 65536)
+    (path,) = (tmp_path / "d").rglob("*.parquet")
+    assert dhs_spark.read_dataset(spark, tmp_path / "d").count() == 100_000
+    _scribble(path, 100_000)
+    with pytest.raises(Exception) as err:
+        dhs_spark.read_dataset(spark, tmp_path / "d", columns=["image_z"]).toArrow()
+    assert "checksum" in str(err.value).lower() and path.name in str(err.value)
+
+
+
 @pytest.mark.parametrize("stage", ["survey", "inject"])
 def test_unknown_engine_is_named_with_file_and_key(tmp_path, stage):
     path = write_params(tmp_path / "params.yaml", tiny_params({"engine": "dask"}))

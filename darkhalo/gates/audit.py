@@ -283,7 +283,8 @@ def run_audit(uri: str, config: GatesConfig, split: SplitSpec, *, assignment=Non
                          core_radius_pix=config.core_radius_pix, core_max_stamps=config.core_max_stamps,
                          seed=config.seed, batch_rows=config.batch_rows, read_pixels=not metadata_only,
                          input_spec=input_spec, pairing=config.pairing_key)
-    rows = evaluate_rows(scan, config.stamp_size_pix, config.noise_from_psfdepth)
+    rows = evaluate_rows(scan, config.stamp_size_pix, config.noise_from_psfdepth, config.max_abs_pixel_nmgy,
+                         config.quality_ranges)
     unmet = {}
     if metadata_only:
         unmet["pixels"] = ("skipped", "metadata-only audit (--metadata-only)")

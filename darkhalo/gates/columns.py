@@ -31,6 +31,15 @@ SKY_GROUP_COLUMNS = ("brickname",)
 QUALITY_COLUMNS = ("bad_pixel_frac", "psfsize_g", "psfsize_r", "psfsize_z", "psfdepth_g", "psfdepth_r",
                    "psfdepth_z", "ebv", "lrg_mag_g", "lrg_mag_r", "lrg_mag_z")
 
+# Plausible values of the quality columns (contract:quality_range; defaults of gates.quality_ranges), in the
+# columns' units: PSF FWHM arcsec, point-source depth nmgy^-2 (1e7: 5-sigma depth 29.5 mag), E(B-V) mag, AB mag.
+QUALITY_PLAUSIBLE_RANGES = {
+    "bad_pixel_frac": (0.0, 1.0),
+    **{f"psfsize_{b}": (0.3, 5.0) for b in BANDS},
+    **{f"psfdepth_{b}": (0.0, 1e7) for b in BANDS},
+    "ebv": (0.0, 5.0),
+    **{f"lrg_mag_{b}": (10.0, 30.0) for b in BANDS},
+}
 # Value ranges of injection physics columns on positives (checked when the column exists); bounds inclusive.
 TWO_PI = 6.283185307179586
 PHYSICS_RANGES = {

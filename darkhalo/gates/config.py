@@ -1,10 +1,12 @@
 """The ``gates:`` params section: tolerances and switches, the same for every generation."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 from ..normalize import Normalization
 from ..params import FRACTION, POSITIVE, ParamError, build, section
+from .columns import QUALITY_COLUMNS, QUALITY_PLAUSIBLE_RANGES
 
 POLICIES = ("quarantine", "fail")
 
@@ -18,6 +20,8 @@ class GatesConfig:
     max_quarantine_frac: float = 0.01         # of all rows (defects and their pair partners)
     stamp_size_pix: int = 64                  # declared stamp shape (pixels per side)
     noise_from_psfdepth: bool = True          # gate 1.4: psfdepth_<band> > 0 stands in for a missing invvar plane
+    max_abs_pixel_nmgy: float = 1e5           # 1.2:pixel_range: |finite image pixel| <= this (nmgy)
+    quality_ranges: dict = field(default_factory=dict)   # contract:quality_range: {column: [low, high]} over the defaults
     quality_max_ks_d: float = 0.05            # gate 1.1
     quality_max_abs_smd: float = 0.1
     norm_max_ks_d: float = 0.05               # gate 1.5
@@ -64,7 +68,7 @@ class GatesConfig:
 
 GATES_RULES = {
     "row_contract_policy": (lambda v: v in POLICIES, f"must be one of {POLICIES}"),
-    "max_quarantine_frac": FRACTION, "stamp_size_pix": (lambda v: v >= 16, "must be >= 16"),
+    "max_quarantine_frac": FRACTION, "max_abs_pixel_nmgy": POSITIVE, "stamp_size_pix": (lambda v: v >= 16, "must be >= 16"),
     "quality_max_ks_d": FRACTION, "quality_max_abs_smd": POSITIVE, "norm_max_ks_d": FRACTION,
     "norm_max_abs_smd": POSITIVE, "core_radius_pix": POSITIVE,
     "core_auc_tolerance": (lambda v: 0 < v <= 0.5, "must be within (0, 0.5]"),
@@ -82,6 +86,16 @@ def gates_config(params: dict, path: str) -> GatesConfig:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ParamError(f"{path}: seed = {seed!r}: must be a non-negative integer")
     config = build(GatesConfig, section(params, "gates", path), "gates", path, GATES_RULES, seed=seed)
+    ranges = {}
+    for name, bounds in {**QUALITY_PLAUSIBLE_RANGES, **config.quality_ranges}.items():
+        if name not in QUALITY_COLUMNS:
+            raise ParamError(f"{path}: gates.quality_ranges.{name}: not a quality column "
+                             f"(known: {', '.join(QUALITY_COLUMNS)})")
+        if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds) and bounds[0] < bounds[1]):
+            raise ParamError(f"{path}: gates.quality_ranges.{name} = {bounds!r}: must be [low, high] numbers, low < high")
+        ranges[name] = (float(bounds[0]), float(bounds[1]))
+    config = dataclasses.replace(config, quality_ranges=ranges)
     if config.core_radius_pix >= config.stamp_size_pix / 2:
         raise ParamError(f"{path}: gates.core_radius_pix = {config.core_radius_pix}: must be < half the stamp")
     if config.normalization_outer_radius_pix >= config.stamp_size_pix / 2 * 1.414:

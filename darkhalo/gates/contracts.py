@@ -11,6 +11,9 @@ Row contracts (one bool per row, True = satisfied):
                    not all zero), or -- if allowed -- ``psfdepth_<band>`` > 0 when no plane is stored
 ``contract:cutout_ok``  ``cutout_ok`` is 1
 ``contract:sky``   ``ra`` and ``dec`` (deg) finite, |dec| <= 90 (the row has a HEALPix pixel)
+``1.2:pixel_range``  every finite image pixel within +/- ``gates.max_abs_pixel_nmgy`` (plausible flux)
+``contract:quality_range``  every observing-quality column present within its ``gates.quality_ranges``
+                   interval (null = not measured, passes; NaN or infinite fails)
 =================  =====================================================================
 
 Under policy ``quarantine`` a row failing any contract, and the other rows of
@@ -29,11 +32,11 @@ import pyarrow.compute as pc
 
 from ..units import BANDS
 from .columns import OPTIONAL_COLUMNS, PAIR_COLUMNS, REQUIRED_COLUMNS, kind_of
-from .scan import Scan
+from .scan import Scan, read_column
 
-ROW_CONTRACTS = ("1.2:bandset", "1.2:shape", "1.2:bands", "1.2:finite", "1.4:noise", "contract:cutout_ok",
-                 "contract:sky")
-PIXEL_CONTRACTS = ("1.2:bands", "1.2:finite", "1.4:noise")
+ROW_CONTRACTS = ("1.2:bandset", "1.2:shape", "1.2:bands", "1.2:finite", "1.2:pixel_range", "1.4:noise",
+                 "contract:cutout_ok", "contract:sky", "contract:quality_range")
+PIXEL_CONTRACTS = ("1.2:bands", "1.2:finite", "1.2:pixel_range", "1.4:noise")
 PARTNER = "pair_partner_quarantined"
 
 
@@ -78,8 +81,9 @@ def _eq(column, value, n: int) -> np.ndarray:
     return pc.fill_null(pc.equal(column, value), False).to_numpy(zero_copy_only=False)
 
 
-def evaluate_rows(scan: Scan, stamp_size_pix: int, noise_from_psfdepth: bool) -> RowContracts:
-    """Evaluate every row contract that the manifest's content allows."""
+def evaluate_rows(scan: Scan, stamp_size_pix: int, noise_from_psfdepth: bool, max_abs_pixel_nmgy: float = np.inf,
+                  quality_ranges: dict | None = None) -> RowContracts:
+    """Evaluate every row contract that the manifest's content allows (plausibility bounds in nmgy / column units)."""
     meta, n = scan.meta, scan.meta.num_rows
     flags, details = {}, {}
     bandset = _column(meta, "bandset")
@@ -107,12 +111,17 @@ def evaluate_rows(scan: Scan, stamp_size_pix: int, noise_from_psfdepth: bool) ->
     details["contract:cutout_ok"] = _explain(~flags["contract:cutout_ok"], lambda i, v=_lazy(cutout):
                                              f"cutout_ok = {v()[i]!r}" if cutout is not None else "cutout_ok column missing")
     flags["contract:sky"], details["contract:sky"] = _sky(meta, n)
+    flags["contract:quality_range"], details["contract:quality_range"] = _quality_range(scan, n, quality_ranges or {})
     if px is not None:
         decodable = px.shape_ok
         flags["1.2:bands"] = px.present.all(axis=1) | ~decodable
         details["1.2:bands"] = _explain(~flags["1.2:bands"], lambda i: "missing " + ", ".join(
             f"image_{b}" for j, b in enumerate(BANDS) if not px.present[i, j]))
         flags["1.2:finite"] = (px.n_nonfinite == 0).all(axis=1) | ~decodable
+        flags["1.2:pixel_range"] = (px.max_abs_nmgy <= max_abs_pixel_nmgy).all(axis=1) | ~decodable
+        details["1.2:pixel_range"] = _explain(~flags["1.2:pixel_range"], lambda i: ", ".join(
+            f"image_{b}: max |pixel| {float(px.max_abs_nmgy[i, j]):.3g} nmgy > {max_abs_pixel_nmgy:g}"
+            for j, b in enumerate(BANDS) if px.max_abs_nmgy[i, j] > max_abs_pixel_nmgy))
         details["1.2:finite"] = _explain(~flags["1.2:finite"], lambda i: ", ".join(
             f"image_{b}/invvar_{b}: {px.n_nonfinite[i, j]} non-finite px" for j, b in enumerate(BANDS)
             if px.n_nonfinite[i, j]))
@@ -154,6 +163,31 @@ def _sky(meta: pa.Table, n: int) -> tuple[np.ndarray, dict[int, str]]:
     def message(i):
         return "; ".join(f"column {name} = {float(v[i])!r}" for name, v in values.items()
                          if not np.isfinite(v[i]) or (name == "dec" and abs(v[i]) > 90.0))
+    return ok, _explain(~ok, message)
+
+
+def _quality_range(scan: Scan, n: int, ranges: dict) -> tuple[np.ndarray, dict[int, str]]:
+    """Contract ``contract:quality_range``: each present column of ``ranges`` ({name: (low, high)}) within
+    [low, high]; null or NaN is "not measured" (gate 1.1 counts it), an infinity fails."""
+    ok = np.ones(n, bool)
+    values = {}
+    for name, (low, high) in ranges.items():
+        if name not in scan.schema.names:
+            continue
+        if kind_of(scan.schema.field(name).type) not in ("int", "float"):
+            values[name] = (None, np.ones(n, bool), f"column {name} is {scan.schema.field(name).type}, not a number")
+            ok[:] = False
+            continue
+        v = read_column(scan.uri, name, n, np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isnan(v) & ~((v >= low) & (v <= high))
+        if bad.any():
+            values[name] = (v, bad, f"outside [{low:g}, {high:g}]")
+            ok &= ~bad
+
+    def message(i):
+        return "; ".join(text if v is None else f"column {name} = {float(v[i])!r} {text}"
+                         for name, (v, bad, text) in values.items() if bad[i])
     return ok, _explain(~ok, message)
 
 

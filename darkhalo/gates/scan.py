@@ -6,6 +6,7 @@ per-stamp summary and dropped.  Per stamp and band (g, r, z):
 
 * ``present``, ``has_invvar``: image / invvar plane stored;
 * ``n_nonfinite``: non-finite image (or stored invvar) pixels;
+* ``max_abs_nmgy``: largest |image pixel| among the finite ones (nmgy; the plausibility contract);
 * ``n_bad_invvar``: invvar pixels that are non-finite, negative, or zero on an
   unmasked pixel (image != 0; Legacy Surveys masks have image = invvar = 0),
   or the whole plane if it is all zero;
@@ -55,6 +56,7 @@ class PixelSummary:
     present: np.ndarray
     has_invvar: np.ndarray
     n_nonfinite: np.ndarray
+    max_abs_nmgy: np.ndarray
     n_bad_invvar: np.ndarray
     shape_ok: np.ndarray                       # (N,)
     outer_median_nmgy: np.ndarray
@@ -145,7 +147,9 @@ def summarise_pixels(batch: StampBatch, spec: Normalization, core_radius_pix: fl
     size = image.shape[-1]
     present = batch.present
     has_iv = batch.has_invvar & present
-    nonfinite = (~np.isfinite(image)).sum(axis=(2, 3))
+    finite = np.isfinite(image)
+    nonfinite = (~finite).sum(axis=(2, 3))
+    max_abs = np.abs(np.where(finite, image, 0.0)).max(axis=(2, 3))
     nonfinite += np.where(has_iv, (~np.isfinite(invvar)).sum(axis=(2, 3)), 0)
     with np.errstate(invalid="ignore"):
         bad_iv = (~np.isfinite(invvar)) | (invvar < 0) | ((invvar == 0) & (image != 0))
@@ -160,6 +164,7 @@ def summarise_pixels(batch: StampBatch, spec: Normalization, core_radius_pix: fl
     return {
         "present": present, "has_invvar": has_iv,
         "n_nonfinite": np.where(present, nonfinite, 0).astype(np.int32),
+        "max_abs_nmgy": np.where(present, max_abs, 0.0).astype(np.float32),
         "n_bad_invvar": np.where(has_iv, n_bad_iv, 0).astype(np.int32),
         "outer_median_nmgy": median.astype(np.float32), "outer_sigma_nmgy": sigma.astype(np.float32),
         "clip_frac": clip_frac.astype(np.float32),
@@ -292,7 +297,8 @@ def _empty_stats(n: int) -> dict[str, np.ndarray]:
     """Statistics of ``n`` stamps that could not be decoded at the declared shape (all NaN/absent)."""
     nan = np.full((n, 3), np.nan, np.float32)
     return {"present": np.zeros((n, 3), bool), "has_invvar": np.zeros((n, 3), bool),
-            "n_nonfinite": np.zeros((n, 3), np.int32), "n_bad_invvar": np.zeros((n, 3), np.int32),
+            "n_nonfinite": np.zeros((n, 3), np.int32), "max_abs_nmgy": np.zeros((n, 3), np.float32),
+            "n_bad_invvar": np.zeros((n, 3), np.int32),
             "outer_median_nmgy": nan, "outer_sigma_nmgy": nan.copy(), "clip_frac": nan.copy(),
             "core_flux_nmgy": np.full((n, 3), np.nan)}
 

@@ -75,6 +75,11 @@ def standardized_mean_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, t
     n_a, n_b = a.size, b.size
     if n_a < 2 or n_b < 2:
         return float("nan"), (float("nan"), float("nan"))
+    scale = max(np.abs(a).max(), np.abs(b).max())   # SMD is scale-free: dividing keeps sums finite up to 1.8e308
+    if not math.isfinite(scale):
+        raise ValueError(f"standardized_mean_difference: non-finite value (max |x| = {scale}): drop NaN/inf first")
+    if scale > 0:
+        a, b = a / scale, b / scale
     diff = a.mean() - b.mean()
     pooled = math.sqrt(0.5 * (a.var(ddof=1) + b.var(ddof=1)))
     if pooled == 0:

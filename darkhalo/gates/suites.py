@@ -50,6 +50,8 @@ ROW_CONTRACT_TITLES = {
     "1.2:bandset": "bandset is grz", "1.2:shape": "declared stamp shape", "1.2:bands": "g, r and z all present",
     "1.2:finite": "finite pixels", "1.4:noise": "invvar present and positive where unmasked",
     "contract:cutout_ok": "cutout_ok = 1", "contract:sky": "ra, dec finite sky coordinates",
+    "1.2:pixel_range": "pixel values plausible (|flux| <= gates.max_abs_pixel_nmgy)",
+    "contract:quality_range": "quality columns within gates.quality_ranges",
 }
 
 
