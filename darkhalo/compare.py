@@ -566,15 +566,19 @@ def _round(value, digits: int = 4):
     return float(f"{value:.{digits}g}") if isinstance(value, (int, float)) and np.isfinite(value) else None
 
 
-def headline_summary(result: dict, gates: dict[str, dict], train: dict[str, dict]) -> dict:
+def headline_summary(result: dict, gates: dict[str, dict], train: dict[str, dict],
+                     model_gates: dict[str, dict] | None = None, evaluate: dict | None = None) -> dict:
     """The review's headline (``metrics/summary.json``): ~20 numbers per generation and the deltas.
 
-    ``result``: compare's output; ``gates`` / ``train``: each generation's data_gates.json and
-    train.json.  Values are rounded to 4 significant digits; every delta carries its paired
+    ``result``: compare's output; ``gates`` / ``train`` / ``model_gates``: each generation's
+    data_gates.json, train.json and model_gates.json; ``evaluate``: one evaluate.json (the benchmark's
+    hash and scored rows).  Values are rounded to 4 significant digits; every delta carries its paired
     bootstrap interval and verdict.
     """
     metrics = result["metrics"]
     out: dict = {}
+    if evaluate:
+        out["benchmark"] = {"sha256": str(evaluate.get("benchmark_sha256", ""))[:12], **evaluate.get("rows", {})}
     for role in ("baseline", "candidate"):
         name = result[role]
         entry = {key: _round(metrics[key][role]) for key in HEADLINE_METRICS if key in metrics}
@@ -585,6 +589,8 @@ def headline_summary(result: dict, gates: dict[str, dict], train: dict[str, dict
                 entry[key] = _round(value)
         entry["data_gates_failed"] = len(gates[name].get("failed", []))
         entry["data_gates_blocking_failed"] = len(gates[name].get("blocking_failed", []))
+        if (model_gates or {}).get(name):
+            entry["model_gates_failed"] = [g["gate"] for g in model_gates[name].get("gates", []) if not g["passed"]]
         if "best_val_auc" in train[name] or "final" in train[name]:
             entry["val_auc"] = _round(train[name].get("best_val_auc", train[name].get("final", {}).get("val_auc")))
             entry["epochs_run"] = train[name].get("epochs_run", train[name].get("epochs"))

@@ -53,9 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.out, result)
     # the generations' gate and training metrics join the headline when present (the pipeline always has them)
     detail = {kind: {g: (json.loads(path.read_text()) if (path := root / f"metrics/{g}/{kind}.json").exists() else {})
-                     for g in (config.baseline, config.candidate)} for kind in ("data_gates", "train")}
+                     for g in (config.baseline, config.candidate)} for kind in ("data_gates", "train", "model_gates")}
     write_json(args.summary or Path(args.out).with_name("summary.json"),
-               headline_summary(result, detail["data_gates"], detail["train"]))
+               headline_summary(result, detail["data_gates"], detail["train"], detail["model_gates"],
+                                runs[0][1].summary))
     for name, table in plot_tables(result).items():
         sink = pa.BufferOutputStream()
         pacsv.write_csv(table, sink)

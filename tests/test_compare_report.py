@@ -210,6 +210,8 @@ def test_stage_and_report_numbers_equal_the_metrics_files(two_generations, tmp_p
     summary = json.loads((root / "metrics/summary.json").read_text())      # beside --out, never the repo's
     assert summary["difference"]["auc"]["verdict"] == "better" and summary["gen5p"]["auc"] == pytest.approx(
         doc["metrics"]["auc"]["candidate"], rel=1e-3)
+    bench = summary["benchmark"]                  # what the numbers rest on: the frozen benchmark's hash and size
+    assert len(bench["sha256"]) == 12 and bench["positives"] > 0 and bench["controls"] > 0
     assert (root / "plots/compare/completeness_theta_e_diff.csv").read_text().startswith('"theta_e"')
     assert '"metric","diff","lo","hi","verdict"' in (root / "plots/compare/metric_diffs.csv").read_text()
     write_json(root / "metrics/gen5/inject.json", inject_metrics(12, {"theta_e_arcsec": 3, "src_dmag": 2,
