@@ -27,7 +27,7 @@ class Scorer:
                 f"generation's params ask for {expected.to_dict()}: retrain (dvc repro) or fix the params")
         tf = checkpoint["metadata_transform"]
         self.metadata_transform = MetadataTransform(tf["kind"], tf["mean"], tf["std"])
-        self.model = build_model(checkpoint["architecture"], len(self.metadata_columns))
+        self.model = build_model(checkpoint["architecture"], len(self.metadata_columns), checkpoint.get("width", 16))
         load_state_strict(self.model, checkpoint["state_dict"], source)
         self.model.eval()
 

@@ -119,10 +119,11 @@ class CoreFluxBaseline(nn.Module):
         return self.linear(core_mean)[:, 0]
 
 
-def build_model(architecture: str, n_metadata: int) -> nn.Module:
-    """A freshly initialised model (call torch.manual_seed first for determinism)."""
+def build_model(architecture: str, n_metadata: int, width: int = 16) -> nn.Module:
+    """A freshly initialised model (call torch.manual_seed first for determinism); ``width``: channels of
+    resnet_small's first stage (doubled at each of the next two)."""
     if architecture == "resnet_small":
-        return ResNetSmall(n_metadata)
+        return ResNetSmall(n_metadata, widths=(width, 2 * width, 4 * width))
     if architecture == "resnet18":
         return ResNet18(n_metadata)
     if architecture == "gen5_convnext":

@@ -35,7 +35,7 @@ def _keys(*names: str, **nested: dict) -> dict:
 # (tests/test_params_strict.py checks that they agree).
 PRIORS = _keys(*PRIOR_NAMES)
 INJECTION = _keys("n_clumps", "arc_snr_target", "n_candidates", "replicates", "source_bank", priors=PRIORS)
-TRAIN = _keys("architecture", "metadata_columns", "metadata_transform", "epochs", "batch_size", "learning_rate",
+TRAIN = _keys("architecture", "width", "metadata_columns", "metadata_transform", "epochs", "batch_size", "learning_rate",
               "weight_decay", "lr_schedule", "hard_negative_frac", "augment_flips", "augment_rot90",
               "centre_mask_prob", "centre_mask_radius_pix", "centre_mask_radius_theta_e", "import_checkpoint",
               "max_train_rows", "preprocessing", "input_crop_pix", "early_stopping_patience",

@@ -29,6 +29,7 @@ class TrainConfig:
     """``train:`` params (defaults) overridden by ``generations.<name>.train``."""
 
     architecture: str = "resnet_small"
+    width: int = 16      # resnet_small: channels of the first stage (16/32/64 by default)
     metadata_columns: tuple = ()
     metadata_transform: str = "standardize"  # standardize (train mean/std) | raw
     epochs: int = 4
@@ -64,6 +65,7 @@ class TrainConfig:
 
 TRAIN_RULES = {
     "architecture": (lambda v: v in ARCHITECTURES, f"must be one of {', '.join(ARCHITECTURES)}"),
+    "width": (lambda v: 4 <= v <= 256, "must be within [4, 256]"),
     "metadata_transform": (lambda v: v in ("standardize", "raw"), "must be standardize or raw"),
     "lr_schedule": (lambda v: v in ("cosine", "constant"), "must be cosine or constant"),
     "epochs": NON_NEGATIVE, "batch_size": POSITIVE, "learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE,
@@ -307,7 +309,7 @@ def train_model(config: TrainConfig, train: StampSet, val: StampSet, seed: int, 
     torch.set_num_threads(config.threads)
     key = run_key(generation, seed_index)
     torch.manual_seed(keyed_rng(seed, f"train:{key}:init").integers(2**62))
-    model = build_model(config.architecture, config.n_metadata).to(device)
+    model = build_model(config.architecture, config.n_metadata, config.width).to(device)
     net = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -398,7 +400,7 @@ def checkpoint_dict(model: nn.Module, config: TrainConfig, meta_tf: MetadataTran
     """Everything inference needs, loadable with torch.load(weights_only=True)."""
     cfg = asdict(config)
     cfg["metadata_columns"] = list(config.metadata_columns)
-    return {"state_dict": model.state_dict(), "architecture": config.architecture,
+    return {"state_dict": model.state_dict(), "architecture": config.architecture, "width": config.width,
             "metadata_columns": list(config.metadata_columns), "metadata_transform": meta_tf.to_dict(),
             "normalization": spec.to_dict(), "generation": generation, "epoch": epoch, "source": source,
             "train_config": cfg, "data_hashes": dict(data_hashes)}

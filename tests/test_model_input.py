@@ -73,6 +73,17 @@ def test_preprocessing_round_trips_through_the_checkpoint_and_a_mismatch_is_refu
         normalization_from_dict({**RESIDUAL_32.to_dict(), "version": 7})
 
 
+def test_network_width_round_trips_through_the_checkpoint():
+    config = TrainConfig(width=8)
+    model = build_model("resnet_small", 0, config.width)
+    ckpt = checkpoint_dict(model, config, MetadataTransform("raw", [], []), config.input_spec, "g", 1, {})
+    scorer = Scorer(ckpt, "model.pt")
+    assert ckpt["width"] == 8 and scorer.model.stem[0].out_channels == 8
+    older = {k: v for k, v in checkpoint_dict(build_model("resnet_small", 0), TrainConfig(), MetadataTransform(
+        "raw", [], []), TrainConfig().input_spec, "g", 1, {}).items() if k != "width"}
+    assert Scorer(older, "model.pt").model.stem[0].out_channels == 16     # checkpoints from before the param
+
+
 def test_a_planted_core_blob_fails_1_6_on_raw_pixels_and_on_the_model_input(gates_project, tmp_path, capsys):
     table = injection_table(gates_project, core_boost=0.5)
     rc, metrics, _ = audit(gates_project, table, tmp_path, "blob", "--model-input", "residual:32")
