@@ -46,7 +46,7 @@ from .runtime import runtime_config
 from .split import GUARD, SPLITS, UNASSIGNED
 from .stamps import stamps_from_native
 from .survey import arrow_fields
-from .units import BANDS, PIXEL_SCALE_ARCSEC, mag_from_flux_nmgy
+from .units import BANDS, PIXEL_SCALE_ARCSEC, catalogue_precision, mag_from_flux_nmgy
 from .visibility import arc_visibility
 
 CLASSES = ("ring", "spiral", "merger", "edge_on")
@@ -333,7 +333,7 @@ def draw_hard_negative(config: survey.SurveyConfig, hn: HardNegativesConfig, pat
     row = survey.draw_site(patches, parent_id, rng)
     builder, n_rng, re_rng, q_rng, gr_rng, rz_rng, fgr_rng, frz_rng = _CLASS_MODELS[hn_class]
     core_mag_r = float(rng.uniform(*hn.core_mag_r_range))
-    row.update(_draw_core(rng, core_mag_r, n_rng, re_rng, q_rng, gr_rng, rz_rng, row["ebv"]))
+    row.update(catalogue_precision(_draw_core(rng, core_mag_r, n_rng, re_rng, q_rng, gr_rng, rz_rng, row["ebv"])))
     feature_mag_r = core_mag_r + float(rng.uniform(*hn.dmag_range[hn_class]))
     feature_gr, feature_rz = float(rng.uniform(*fgr_rng)), float(rng.uniform(*frz_rng))
     radius = float(rng.uniform(*hn.feature_radius_arcsec_range))
@@ -344,12 +344,12 @@ def draw_hard_negative(config: survey.SurveyConfig, hn: HardNegativesConfig, pat
     x, y = pixel_coords_arcsec(config.stamp_size)
     r = np.hypot(x - row["lrg_x_arcsec"], y - row["lrg_y_arcsec"])
     for j, band in enumerate(BANDS):
-        row[f"hn_feature_flux_nmgy_{band}"] = float(features[j].sum())
+        row[f"hn_feature_flux_nmgy_{band}"] = catalogue_precision(features[j].sum())
     row.update(
         hn_class=hn_class, hn_source=SOURCE_EMBEDDED, hn_source_id="",
-        hn_feature_mag_r=float(mag_from_flux_nmgy(row["hn_feature_flux_nmgy_r"])),
+        hn_feature_mag_r=catalogue_precision(mag_from_flux_nmgy(row["hn_feature_flux_nmgy_r"])),
         hn_feature_radius_arcsec=radius,
-        hn_feature_mean_radius_arcsec=float((features[1] * r).sum() / features[1].sum()),
+        hn_feature_mean_radius_arcsec=catalogue_precision((features[1] * r).sum() / features[1].sum()),
         hn_vote_fraction=float("nan"), hn_annulus_snr=float("nan"),
         hn_shape_json=json.dumps(_rounded({"class": hn_class, "feature_gr": feature_gr, "feature_rz": feature_rz,
                                            "feature_mag_r_drawn": feature_mag_r, **shape}), sort_keys=True),

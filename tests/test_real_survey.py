@@ -225,7 +225,7 @@ def test_dvc_repro_on_a_legacy_manifest_runs_the_whole_pipeline_then_is_cached(t
     assert "modified:" in status and "data/external/parents.parquet" in status, status
 
 
-def test_dvc_repro_on_fetched_targets_runs_through_split_and_inject(tmp_path, local_http_server):
+def test_dvc_repro_on_fetched_targets_runs_the_whole_pipeline_then_is_cached(tmp_path, local_http_server):
     from test_pipeline_dvc import pipeline_params, run
 
     survey_params = pipeline_params()["survey"]
@@ -238,12 +238,13 @@ def test_dvc_repro_on_fetched_targets_runs_through_split_and_inject(tmp_path, lo
     root = real_project(tmp_path, {k: params[k] for k in ("mode", "targets", "cutout", "cache_dir")},
                         {"data/external/targets.csv": targets.read_bytes()})
     dvc = [sys.executable, "-m", "dvc"]
-    out = run(dvc + ["repro", "inject@gen5"], root)
-    for stage in ("survey", "split", "inject@gen5"):
+    out = run(dvc + ["repro"], root)
+    for stage in ("survey", "split", "inject@gen5", "train@gen5p", "evaluate@gen5p", "compare", "report"):
         assert f"Running stage '{stage}'" in out
     metrics = json.loads((root / "metrics" / "survey.json").read_text())
     assert metrics["source"]["cutouts"]["requested"] == 96 and metrics["source"]["cutouts"]["failed"] == 0
     assert routes[CUTOUT_PATH].hits == 96
-    inject = json.loads((root / "metrics" / "gen5" / "inject.json").read_text())
-    assert inject
-    assert "Running stage" not in run(dvc + ["repro", "inject@gen5"], root)
+    summary = json.loads((root / "metrics" / "summary.json").read_text())
+    assert summary["benchmark"]["positives"] > 0 and "auc" in summary["gen5p"]
+    assert "Running stage" not in run(dvc + ["repro"], root)
+    assert routes[CUTOUT_PATH].hits == 96                       # the second run fetched nothing
