@@ -317,10 +317,13 @@ def _aliases(name: str) -> list[str]:
 
 
 def angular_separation_arcsec(ra1_deg, dec1_deg, ra2_deg, dec2_deg) -> np.ndarray:
-    """Great-circle separation (arcsec), haversine form (accurate at sub-arcsec scales)."""
-    ra1, dec1, ra2, dec2 = (np.radians(np.asarray(v, float)) for v in (ra1_deg, dec1_deg, ra2_deg, dec2_deg))
-    h = np.sin((dec2 - dec1) / 2) ** 2 + np.cos(dec1) * np.cos(dec2) * np.sin((ra2 - ra1) / 2) ** 2
-    return np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))) * 3600.0
+    """Great-circle separation (arcsec) of ICRS positions in degrees (astropy's ``SkyCoord.separation``)."""
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    first = SkyCoord(np.asarray(ra1_deg, float) * u.deg, np.asarray(dec1_deg, float) * u.deg)
+    second = SkyCoord(np.asarray(ra2_deg, float) * u.deg, np.asarray(dec2_deg, float) * u.deg)
+    return np.asarray(first.separation(second).arcsec)
 
 
 def read_anchor_list(path: str | Path) -> pd.DataFrame:

@@ -96,6 +96,29 @@ def test_manifest_mode_writes_the_embedded_schema_with_measured_columns(tmp_path
     assert metrics["n_parents"] == 24 and "neighbours_per_stamp_mean" not in metrics
 
 
+def test_manifest_mode_reads_s3_and_writes_the_bytes_of_the_local_manifest(tmp_path, monkeypatch):
+    """A manifest on S3 (moto on 127.0.0.1), as s3:// and s3a://, gives the survey of the same file read locally."""
+    from test_s3_remote import BUCKET, CREDENTIALS, s3_server
+
+    from darkhalo.dataset import resolve_uri
+
+    truth = embedded_survey(tmp_path, n_parents=12, shard_rows=12, nan_stamp_frac=0.0, missing_band_frac=0.0)
+    manifest = legacy_manifest(tmp_path / "manifest.parquet", truth)
+    runs = {}
+    with s3_server(BUCKET) as endpoint:
+        for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}.items():
+            monkeypatch.setenv(name, value)
+        fs, key = resolve_uri(f"s3://{BUCKET}/parents/manifest.parquet")
+        with fs.open_output_stream(key) as out:
+            out.write(manifest.read_bytes())
+        for name, uri in (("local", str(manifest)), ("s3", f"s3://{BUCKET}/parents/manifest.parquet"),
+                          ("s3a", f"s3a://{BUCKET}/parents/manifest.parquet")):
+            (tmp_path / name).mkdir()
+            table, metrics = run_survey(tmp_path / name, real_params("manifest", uri))
+            runs[name] = (content_hash(tmp_path / name / "survey"), metrics["n_parents"])
+    assert runs["s3"] == runs["s3a"] == runs["local"] and runs["local"][1] == 12
+
+
 def test_hive_stamp_manifest_contributes_its_controls_only(tmp_path):
     """A Gen5-style stamp manifest (hive-partitioned, ``is_control``): positives are not parents."""
     from conftest import write_manifest

@@ -13,7 +13,7 @@ Row contracts (one bool per row, True = satisfied):
 ``contract:sky``   ``ra`` and ``dec`` (deg) finite, |dec| <= 90 (the row has a HEALPix pixel)
 ``1.2:pixel_range``  every finite image pixel within +/- ``gates.max_abs_pixel_nmgy`` (plausible flux)
 ``contract:quality_range``  every observing-quality column present within its ``gates.quality_ranges``
-                   interval (null = not measured, passes; NaN or infinite fails)
+                   interval (null or NaN = not measured, passes: gate 1.1 counts it; an infinity fails)
 =================  =====================================================================
 
 Under policy ``quarantine`` a row failing any contract, and the other rows of
