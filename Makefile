@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := true
 export GX_ANALYTICS_ENABLED := false
 export PYSPARK_PYTHON := $(BIN)/python
 
-.PHONY: repro test bench env ablation ablation-collect
+.PHONY: repro test bench env ablation ablation-collect review
 
 env: $(VENV)/.installed
 
@@ -35,3 +35,6 @@ ablation: env   # queue the leave-one-out variants of params.yaml `ablation:` as
 ablation-collect: env   # after `dvc queue start` finished: metrics/ablation.json for the report's ablation table
 	python -m darkhalo.ablation --collect
 	dvc repro report
+
+review: env   # the pull-request comment: reports/review.md against BASE (default main), as CI posts it
+	python -m darkhalo.review --base $(or $(BASE),main)

@@ -153,6 +153,15 @@ def test_gen5p_training_param_reruns_only_gen5p_training_and_after(clone):
     overlay = json.loads(run(DVC + ["plots", "diff", "HEAD~1", "--json"], clone))
     revs = {v["rev"] for v in overlay["data"]["roc"][0]["content"]["data"]["values"]}
     assert len(revs) == 2, revs
+    # `make review BASE=HEAD~1`: the comment CI posts (verdict, headline diff, params diff, figures, provenance)
+    run([sys.executable, "-m", "darkhalo.review", "--base", "HEAD~1"], clone)
+    text = (clone / "reports" / "review.md").read_text()
+    lines = text.splitlines()
+    assert lines[0] == "## Lens-finder review" and lines[2].startswith("**gen5p vs gen5** on the frozen benchmark")
+    assert re.search(r"\n- ROC AUC: [\d.]+ → [\d.]+, [+-][\d.]+ \[[+-][\d.]+, [+-][\d.]+\] \*\*", text), text[:800]
+    assert "| metrics/summary.json" in text and "generations.gen5p.train.learning_rate" in text
+    assert "![ROC](remediation/roc.png)" in text and (clone / "reports" / "review_plots" / "index.html").exists()
+    assert re.search(r"<sub>revision \w+ vs base \w+ · dvc.lock md5 [0-9a-f]{12}</sub>", lines[-1]), lines[-1]
 
 
 def test_queued_gen5p_variant_runs_and_reports_its_metrics(clone):

@@ -1,0 +1,115 @@
+"""The pull-request review comment: ``make review BASE=<rev>`` (``python -m darkhalo.review --base <rev>``).
+
+Writes ``reports/review.md``, the comment a CI job posts on a pull request
+(``.github/workflows/review.yml``: ``cml comment create reports/review.md``):
+
+* the verdict, five lines read from ``metrics/summary.json``: the benchmark, the verdict counts and
+  the headline differences (Gen5' − Gen5), each rounded to its own 95% interval;
+* ``dvc metrics diff --md <rev>`` (the headline metrics file only) and ``dvc params diff --md <rev>``;
+* the report's figures (ROC, completeness, selection function), linked so that CML uploads them, and
+  ``dvc plots diff <rev>`` rendered to ``reports/review_plots/index.html`` (both revisions overlaid);
+* a one-line provenance footer: this revision, the base and the md5 of ``dvc.lock``.
+
+The default run's detail stays in ``reports/remediation.md``; this is what a reviewer reads first.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from .outputs import atomic_write_bytes
+
+SUMMARY = "metrics/summary.json"
+OUT = "reports/review.md"
+PLOTS_DIR = "reports/review_plots"
+FIGURES = (("ROC", "remediation/roc.png"), ("completeness vs arc S/N", "remediation/completeness.png"),
+           ("selection function", "remediation/selection_function.png"))
+# headline differences shown in the verdict: summary key -> label
+VERDICT_METRICS = (("auc", "ROC AUC"), ("completeness", "completeness at the operating threshold"),
+                   ("hard_negative_fpr_all", "hard-negative FPR"), ("anchor_recall_tierA", "Tier-A anchor recall"))
+
+
+def rounded(value: float, lo: float, hi: float) -> str:
+    """'value [lo, hi]' to the decimals the interval's half-width resolves: its first significant digit
+    (two when that digit is 1 or 2), e.g. +0.098 [+0.090, +0.106], +0.02 [-0.13, +0.15]."""
+    half = abs(hi - lo) / 2
+    if half > 0:
+        exponent = math.floor(math.log10(half))
+        decimals = max(0, -exponent + (1 if half / 10 ** exponent < 3 else 0))
+    else:
+        decimals = 3
+    return f"{value:+.{decimals}f} [{lo:+.{decimals}f}, {hi:+.{decimals}f}]"
+
+
+def verdict_lines(summary: dict) -> list[str]:
+    """The five-line verdict of a metrics/summary.json (candidate and baseline named as in the file)."""
+    names = [k for k in summary if k not in ("difference", "verdict_counts", "benchmark")]
+    baseline, candidate = names[0], names[1]
+    counts = summary.get("verdict_counts", {})
+    bench = summary.get("benchmark", {})
+    lines = [f"**{candidate} vs {baseline}** on the frozen benchmark `{bench.get('sha256', '?')}` "
+             f"({bench.get('positives', '?')} positives, {bench.get('controls', '?')} controls, "
+             f"{bench.get('hard_negatives', '?')} hard negatives, {bench.get('anchors', '?')} anchors): "
+             + ", ".join(f"{counts[k]} {k}" for k in ("better", "worse", "not distinguishable", "not resolvable")
+                         if k in counts) + " (paired bootstrap, 95% intervals)."]
+    for key, label in VERDICT_METRICS:
+        diff = summary.get("difference", {}).get(key)
+        if diff is None or diff.get("value") is None:
+            continue
+        a, b = summary[baseline].get(key), summary[candidate].get(key)
+        lines.append(f"- {label}: {a:.3g} → {b:.3g}, {rounded(diff['value'], diff['lo'], diff['hi'])} "
+                     f"**{diff['verdict']}**")
+    return lines
+
+
+def _dvc(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"review: `dvc {' '.join(args)}` failed: {result.stderr.strip()[-2000:]}")
+    return result.stdout.strip()
+
+
+def _git(*args: str) -> str:
+    result = subprocess.run(["git", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"review: `git {' '.join(args)}` failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def build(base: str) -> str:
+    """The comment's markdown, comparing the workspace with git revision ``base``."""
+    summary = json.loads(Path(SUMMARY).read_text())
+    base_rev = _git("rev-parse", "--short", base)
+    metrics = _dvc("metrics", "diff", base, "--md") or "_no headline metric changed_"
+    params = _dvc("params", "diff", base, "--md") or "_no param changed_"
+    _dvc("plots", "diff", base, "-o", PLOTS_DIR)
+    figures = " ".join(f"![{title}]({path})" for title, path in FIGURES if (Path("reports") / path).exists())
+    lock = hashlib.md5(Path("dvc.lock").read_bytes()).hexdigest()[:12] if Path("dvc.lock").exists() else "none"
+    parts = ["## Lens-finder review", "", *verdict_lines(summary), "",
+             f"### Headline metrics (`dvc metrics diff {base} --md`)", "", metrics, "",
+             f"### Params (`dvc params diff {base} --md`)", "", params, "", "### Figures", "", figures, "",
+             f"Both revisions overlaid: `{PLOTS_DIR}/index.html` (`dvc plots diff {base}`). "
+             "Every metric with its interval: `reports/remediation.md`.", "",
+             f"<sub>revision {_git('rev-parse', '--short', 'HEAD')} vs base {base_rev} · dvc.lock md5 {lock}</sub>"]
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="git revision to compare with (e.g. main, HEAD~1)")
+    parser.add_argument("--out", default=OUT)
+    args = parser.parse_args(argv)
+    if not Path(SUMMARY).exists():
+        raise SystemExit(f"review: {SUMMARY} not found: run `dvc repro` (make repro) first")
+    atomic_write_bytes(Path(args.out), build(args.base).encode())
+    print(f"review: wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
