@@ -50,7 +50,7 @@ from .contracts import (ROW_CONTRACTS, RowContracts, evaluate_rows, flag_column,
 from .core_baseline import NotEnoughData, out_of_fold_scores
 from .scan import Scan, read_column, scan_manifest
 from .splits import assignment_agreement, fraction_table, pair_table, parent_table, pixel_table, recompute_pixels
-from .stats import wilson_interval
+from ..stats import wilson_interval
 from .suites import DEFAULT_DIR, NORM_STATS, load_suite_docs
 from .validate import NOT_EVALUATED_ABSENT, GateResult, TableSpec, run_suites
 
@@ -126,7 +126,7 @@ class Audit:
 
     def quarantine_summary(self) -> dict:
         n_q = int(self.rows.quarantined.sum())
-        lo, hi = wilson_interval(n_q, self.n_rows)
+        lo, hi = map(float, wilson_interval(n_q, self.n_rows))
         by_contract = {c: int((~ok).sum()) for c, ok in self.rows.flags.items() if (~ok).any()}
         return {"policy": self.config.row_contract_policy, "n_rows": n_q,
                 "fraction": n_q / self.n_rows if self.n_rows else 0.0, "fraction_ci95": [lo, hi],
@@ -500,7 +500,7 @@ def brightness_support(scan: Scan, rows: RowContracts, hard_negatives: str, conf
                          f"negatives with hn_annulus_snr; both are needed ({scan.uri}, {hard_negatives})")
     edge = float(np.quantile(snr, config.brightness_quantile))
     above = int((hn_snr > edge).sum())
-    lo, hi = wilson_interval(above, hn_snr.size)
+    lo, hi = map(float, wilson_interval(above, hn_snr.size))
     return pd.DataFrame({"positive_arc_snr_quantile": [edge], "quantile": [config.brightness_quantile],
                          "n_hard_negatives": [hn_snr.size], "n_above": [above],
                          "frac_above_positive_quantile": [above / hn_snr.size], "frac_lo": [lo], "frac_hi": [hi],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from .stats import wilson_interval
+from ..stats import wilson_interval
 from .validate import GateResult
 
 MODEL_INPUT_GATES = ("1.6", "1.8")   # measured on raw pixels and on the model input; the model input blocks
@@ -69,7 +69,7 @@ def summary(result: GateResult) -> dict:
                 "n": {"positive": value["n_positive"], "control": value["n_control"]}}
     if kind in MAP_KINDS and "element_count" in obs:
         n, k = int(obs["element_count"]), int(obs.get("unexpected_count") or 0)
-        lo, hi = wilson_interval(k, n)
+        lo, hi = map(float, wilson_interval(k, n))
         allowed = 1.0 - float(kw.get("mostly", 1.0))
         return {"statistic": {"unexpected_count": k, "element_count": n, "unexpected_frac": k / n if n else 0.0},
                 "tolerance": {"max_unexpected_frac": allowed}, "interval": {"unexpected_frac_ci95": [lo, hi]}}

@@ -105,13 +105,13 @@ def pair_table(parent_id: np.ndarray, replicate: np.ndarray, is_control: np.ndar
 
 def fraction_table(codes: np.ndarray, declared: dict[str, float]) -> pd.DataFrame:
     """One row per declared split: rows, fraction of rows, declared fraction, |deviation|, Wilson interval."""
-    from .stats import wilson_interval
+    from ..stats import wilson_interval
 
     n = int((codes >= 0).sum())
     records = []
     for i, name in enumerate(SPLITS):
         k = int((codes == i).sum())
-        lo, hi = wilson_interval(k, n)
+        lo, hi = map(float, wilson_interval(k, n))
         frac = k / n if n else 0.0
         records.append({"region_split": name, "n_rows": k, "fraction": frac, "fraction_ci95_low": lo,
                         "fraction_ci95_high": hi, "declared_fraction": float(declared[name]),

@@ -4,7 +4,8 @@ Two groups are compared with the two-sample KS distance D and the
 standardised mean difference (SMD, pooled SD); classifier separability with
 the ROC AUC and its DeLong interval; core brightness with a ratio of means and
 a cluster-robust (delta-method) interval -- or, with no pairing key, a bootstrap
-interval (rows resampled within each class); rates with Wilson intervals.
+interval (rows resampled within each class); rates with Wilson intervals (``darkhalo.stats``,
+the one definition: NaN when n = 0).
 
 ``*_null95`` give each statistic's noise level: the value that two samples of
 the given sizes drawn from one distribution exceed 5% of the time.  A gate
@@ -23,17 +24,6 @@ from ..metrics import roc_auc
 
 Z95 = float(norm.ppf(0.975))
 KS_C95 = 1.3581  # c(alpha = 0.05) of the two-sample KS test
-
-
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial rate k/n (95% by default); (0, 1) when n = 0."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
