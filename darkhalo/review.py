@@ -25,6 +25,7 @@ from pathlib import Path
 from .outputs import atomic_write_bytes
 
 SUMMARY = "metrics/summary.json"
+COMPARE = "metrics/compare.json"   # names the baseline and the candidate
 OUT = "reports/review.md"
 PLOTS_DIR = "reports/review_plots"
 FIGURES = (("ROC", "remediation/roc.png"), ("completeness vs arc S/N", "remediation/completeness.png"),
@@ -46,10 +47,8 @@ def rounded(value: float, lo: float, hi: float) -> str:
     return f"{value:+.{decimals}f} [{lo:+.{decimals}f}, {hi:+.{decimals}f}]"
 
 
-def verdict_lines(summary: dict) -> list[str]:
-    """The five-line verdict of a metrics/summary.json (candidate and baseline named as in the file)."""
-    names = [k for k in summary if k not in ("difference", "verdict_counts", "benchmark")]
-    baseline, candidate = names[0], names[1]
+def verdict_lines(summary: dict, baseline: str, candidate: str) -> list[str]:
+    """The five-line verdict of a metrics/summary.json (generations named as in metrics/compare.json)."""
     counts = summary.get("verdict_counts", {})
     bench = summary.get("benchmark", {})
     lines = [f"**{candidate} vs {baseline}** on the frozen benchmark `{bench.get('sha256', '?')}` "
@@ -84,13 +83,14 @@ def _git(*args: str) -> str:
 def build(base: str) -> str:
     """The comment's markdown, comparing the workspace with git revision ``base``."""
     summary = json.loads(Path(SUMMARY).read_text())
+    roles = json.loads(Path(COMPARE).read_text())
     base_rev = _git("rev-parse", "--short", base)
     metrics = _dvc("metrics", "diff", base, "--md") or "_no headline metric changed_"
     params = _dvc("params", "diff", base, "--md") or "_no param changed_"
     _dvc("plots", "diff", base, "-o", PLOTS_DIR)
     figures = " ".join(f"![{title}]({path})" for title, path in FIGURES if (Path("reports") / path).exists())
     lock = hashlib.md5(Path("dvc.lock").read_bytes()).hexdigest()[:12] if Path("dvc.lock").exists() else "none"
-    parts = ["## Lens-finder review", "", *verdict_lines(summary), "",
+    parts = ["## Lens-finder review", "", *verdict_lines(summary, roles["baseline"], roles["candidate"]), "",
              f"### Headline metrics (`dvc metrics diff {base} --md`)", "", metrics, "",
              f"### Params (`dvc params diff {base} --md`)", "", params, "", "### Figures", "", figures, "",
              f"Both revisions overlaid: `{PLOTS_DIR}/index.html` (`dvc plots diff {base}`). "
@@ -104,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", required=True, help="git revision to compare with (e.g. main, HEAD~1)")
     parser.add_argument("--out", default=OUT)
     args = parser.parse_args(argv)
-    if not Path(SUMMARY).exists():
-        raise SystemExit(f"review: {SUMMARY} not found: run `dvc repro` (make repro) first")
+    for path in (SUMMARY, COMPARE):
+        if not Path(path).exists():
+            raise SystemExit(f"review: {path} not found: run `dvc repro` (make repro) first")
     atomic_write_bytes(Path(args.out), build(args.base).encode())
     print(f"review: wrote {args.out}")
     return 0

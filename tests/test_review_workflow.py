@@ -201,3 +201,15 @@ def test_runtime_settings_rerun_nothing(clone):
     set_param(clone, "inject.tile_pix", 8)           # rendering: also the anchors and evaluate's arc redraws
     assert set(json.loads(run(DVC + ["status", "--json"], clone))) == \
         {"inject@gen5", "inject@gen5p", "benchmark_injections", "anchors", "evaluate@gen5", "evaluate@gen5p"}
+
+
+def test_review_verdict_names_the_roles_and_rounds_each_difference_to_its_interval():
+    from darkhalo.review import rounded, verdict_lines
+
+    summary = {"benchmark": {"sha256": "abc123def456", "positives": 10, "controls": 10},
+               "difference": {"auc": {"value": 0.0977, "lo": 0.0902, "hi": 0.1056, "verdict": "better"}},
+               "new": {"auc": 0.7}, "old": {"auc": 0.6}, "verdict_counts": {"better": 1, "worse": 0}}
+    lines = verdict_lines(summary, baseline="old", candidate="new")     # roles from compare.json, not key order
+    assert lines[0].startswith("**new vs old** on the frozen benchmark `abc123def456` (10 positives, 10 controls")
+    assert lines[1] == "- ROC AUC: 0.6 → 0.7, +0.098 [+0.090, +0.106] **better**"
+    assert rounded(0.0185, -0.1296, 0.1481) == "+0.02 [-0.13, +0.15]"    # leading digit 1: two digits
