@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,6 +46,20 @@ TINY_RUNTIME = {"workers": 1, "threads": 1}   # one process, one torch thread (t
 # baseline (no AVX2/AVX-512 kernels) and one BLAS/OpenMP thread
 OTHER_CPU_ENV = {"NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR", "OMP_NUM_THREADS": "1",
                  "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def run_on_other_cpu(stage: str, *args) -> None:
+    """``python -m stages.<stage> <args>`` in a subprocess on "another machine" (OTHER_CPU_ENV)."""
+    subprocess.run([sys.executable, "-m", f"stages.{stage}", *map(str, args)], check=True,
+                   env={**os.environ, **OTHER_CPU_ENV}, capture_output=True)
+
+
+def assert_same_parquet_files(a: Path, b: Path) -> None:
+    """Both directories hold the same parquet files (relative paths), byte for byte."""
+    files = sorted(p.relative_to(a) for p in a.rglob("*.parquet"))
+    assert files and files == sorted(p.relative_to(b) for p in b.rglob("*.parquet"))
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
 def tiny_params(runtime: dict | None = None, **survey_overrides) -> dict:

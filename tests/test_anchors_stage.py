@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import OTHER_CPU_ENV, cutout_fits_bytes, tiny_params, write_params
+from conftest import cutout_fits_bytes, run_on_other_cpu, tiny_params, write_params
 from darkhalo.anchors import (ANCHOR_PARENT_ID_BASE, AnchorCheckError, AnchorPositionError, anchors_config,
                               read_lenscat, select_anchors)
 from darkhalo.dataset import read_table
@@ -170,10 +167,8 @@ def test_outputs_do_not_depend_on_the_cpu_simd_paths_or_threads(stage_run, proje
     out = project["root"] / "other_cpu"
     out.mkdir()
     params = write_params(out / "params.yaml", anchor_params())
-    subprocess.run([sys.executable, "-m", "stages.anchors", "--params", str(params), "--assignment",
-                    str(project["assignment"]), "--out", str(out / "anchors"), "--metrics", str(out / "anchors.json"),
-                    "--gallery", str(out / "anchors_gallery.png")], check=True, env={**os.environ, **OTHER_CPU_ENV},
-                   capture_output=True)
+    run_on_other_cpu("anchors", "--params", params, "--assignment", project["assignment"], "--out", out / "anchors",
+                     "--metrics", out / "anchors.json", "--gallery", out / "anchors_gallery.png")
     assert first["metrics"].read_text() == (out / "anchors.json").read_text()
     assert (first["data"] / "part-00000.parquet").read_bytes() == (out / "anchors" / "part-00000.parquet").read_bytes()
 

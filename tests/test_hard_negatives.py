@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import healpy as hp
 import numpy as np
@@ -12,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import OTHER_CPU_ENV, tiny_params, write_params
+from conftest import assert_same_parquet_files, run_on_other_cpu, tiny_params, write_params
 from darkhalo.dataset import read_table
 from darkhalo.hard_negatives import (CLASSES, HARD_NEGATIVE_PARENT_ID_BASE, hard_negatives_config,
                                      simulate_hard_negatives)
@@ -142,15 +139,9 @@ def test_outputs_do_not_depend_on_the_cpu_simd_paths_or_threads(stage_run, tmp_p
     tmp, out_a, _ = stage_run
     params = write_params(tmp_path / "c.yaml", hn_params(workers=1))
     assignment = write_assignment(tmp_path / "c-assignment.parquet", hn_params(workers=1))
-    env = {**os.environ, **OTHER_CPU_ENV}
-    out_c = tmp_path / "c"
-    subprocess.run([sys.executable, "-m", "stages.hard_negatives", "--params", str(params), "--assignment",
-                    str(assignment), "--out", str(out_c), "--metrics", str(tmp_path / "c.json"),
-                    "--gallery", str(tmp_path / "c.png")], check=True, env=env, capture_output=True)
-    files = sorted(p.relative_to(out_a) for p in out_a.rglob("*.parquet"))
-    assert files and files == sorted(p.relative_to(out_c) for p in out_c.rglob("*.parquet"))
-    for rel in files:
-        assert (out_a / rel).read_bytes() == (out_c / rel).read_bytes(), rel
+    run_on_other_cpu("hard_negatives", "--params", params, "--assignment", assignment, "--out", tmp_path / "c",
+                     "--metrics", tmp_path / "c.json", "--gallery", tmp_path / "c.png")
+    assert_same_parquet_files(out_a, tmp_path / "c")
     assert (tmp / "a.json").read_text() == (tmp_path / "c.json").read_text()
 
 

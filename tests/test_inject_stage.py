@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import OTHER_CPU_ENV, tiny_params, write_params
+from conftest import assert_same_parquet_files, run_on_other_cpu, tiny_params, write_params
 from darkhalo.dataset import iter_chunks, stamps_of
 from darkhalo.injection import engine_settings, ks_distance_to_target, render_columns
 from darkhalo.lensing import RenderSettings
@@ -121,14 +118,9 @@ def test_another_cpu_writes_the_same_injections(tmp_path, tiny_survey, assignmen
     machine: darkhalo/__init__.py)."""
     a, _ = run_inject(tmp_path, tiny_survey, assignment, "gen5p", name="a")
     params = write_params(tmp_path / "c.yaml", inject_params())
-    subprocess.run([sys.executable, "-m", "stages.inject", "--generation", "gen5p", "--params", str(params),
-                    "--survey", str(tiny_survey), "--split", str(assignment), "--out", str(tmp_path / "c"),
-                    "--metrics", str(tmp_path / "c.json")], check=True, env={**os.environ, **OTHER_CPU_ENV},
-                   capture_output=True)
-    files = sorted(p.relative_to(a) for p in a.rglob("*.parquet"))
-    assert files and files == sorted(p.relative_to(tmp_path / "c") for p in (tmp_path / "c").rglob("*.parquet"))
-    for f in files:
-        assert (a / f).read_bytes() == (tmp_path / "c" / f).read_bytes(), f
+    run_on_other_cpu("inject", "--generation", "gen5p", "--params", params, "--survey", tiny_survey,
+                     "--split", assignment, "--out", tmp_path / "c", "--metrics", tmp_path / "c.json")
+    assert_same_parquet_files(a, tmp_path / "c")
 
 
 @pytest.mark.parametrize("mutate,message", [

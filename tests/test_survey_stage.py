@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import OTHER_CPU_ENV, tiny_params, write_params
+from conftest import assert_same_parquet_files, run_on_other_cpu, tiny_params, write_params
 from darkhalo.outputs import atomic_dir
 from darkhalo.params import ParamError
 from stages import survey, survey_gallery
@@ -37,13 +34,8 @@ def test_another_cpu_writes_the_same_bytes(tmp_path):
     before, gal_b_deg, ebv, psfsize, fluxes and magnitudes differed in their last bit)."""
     a = run_survey(tmp_path, "a", {"workers": 1})
     params = write_params(tmp_path / "c.yaml", tiny_params({"workers": 1}))
-    subprocess.run([sys.executable, "-m", "stages.survey", "--params", str(params), "--out", str(tmp_path / "c"),
-                    "--metrics", str(tmp_path / "c.json")], check=True, env={**os.environ, **OTHER_CPU_ENV},
-                   capture_output=True)
-    files = sorted(p.name for p in a.iterdir())
-    assert files and files == sorted(p.name for p in (tmp_path / "c").iterdir())
-    for name in files:
-        assert (a / name).read_bytes() == (tmp_path / "c" / name).read_bytes(), name
+    run_on_other_cpu("survey", "--params", params, "--out", tmp_path / "c", "--metrics", tmp_path / "c.json")
+    assert_same_parquet_files(a, tmp_path / "c")
 
 
 def test_survey_metrics_report_defects_and_sky_coverage(tiny_survey):
