@@ -66,17 +66,12 @@ def verdict_lines(summary: dict, baseline: str, candidate: str) -> list[str]:
     return lines
 
 
-def _dvc(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+def _run(tool: str, *args: str) -> str:
+    """stdout of ``git <args>`` or ``dvc <args>`` (this interpreter's DVC); a failure ends the review naming it."""
+    command = [sys.executable, "-m", "dvc", *args] if tool == "dvc" else [tool, *args]
+    result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"review: `dvc {' '.join(args)}` failed: {result.stderr.strip()[-2000:]}")
-    return result.stdout.strip()
-
-
-def _git(*args: str) -> str:
-    result = subprocess.run(["git", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"review: `git {' '.join(args)}` failed: {result.stderr.strip()}")
+        raise SystemExit(f"review: `{tool} {' '.join(args)}` failed: {result.stderr.strip()[-2000:]}")
     return result.stdout.strip()
 
 
@@ -84,10 +79,10 @@ def build(base: str) -> str:
     """The comment's markdown, comparing the workspace with git revision ``base``."""
     summary = json.loads(Path(SUMMARY).read_text())
     roles = json.loads(Path(COMPARE).read_text())
-    base_rev = _git("rev-parse", "--short", base)
-    metrics = _dvc("metrics", "diff", base, "--md") or "_no headline metric changed_"
-    params = _dvc("params", "diff", base, "--md") or "_no param changed_"
-    _dvc("plots", "diff", base, "-o", PLOTS_DIR)
+    head_rev, base_rev = (_run("git", "rev-parse", "--short", rev) for rev in ("HEAD", base))
+    metrics = _run("dvc", "metrics", "diff", base, "--md") or "_no headline metric changed_"
+    params = _run("dvc", "params", "diff", base, "--md") or "_no param changed_"
+    _run("dvc", "plots", "diff", base, "-o", PLOTS_DIR)
     figures = " ".join(f"![{title}]({path})" for title, path in FIGURES if (Path("reports") / path).exists())
     lock = hashlib.md5(Path("dvc.lock").read_bytes()).hexdigest()[:12] if Path("dvc.lock").exists() else "none"
     parts = ["## Lens-finder review", "", *verdict_lines(summary, roles["baseline"], roles["candidate"]), "",
@@ -95,7 +90,7 @@ def build(base: str) -> str:
              f"### Params (`dvc params diff {base} --md`)", "", params, "", "### Figures", "", figures, "",
              f"Both revisions overlaid: `{PLOTS_DIR}/index.html` (`dvc plots diff {base}`). "
              "Every metric with its interval: `reports/remediation.md`.", "",
-             f"<sub>revision {_git('rev-parse', '--short', 'HEAD')} vs base {base_rev} · dvc.lock md5 {lock}</sub>"]
+             f"<sub>revision {head_rev} vs base {base_rev} · dvc.lock md5 {lock}</sub>"]
     return "\n".join(parts) + "\n"
 
 
