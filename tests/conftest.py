@@ -43,8 +43,9 @@ TINY_SURVEY = {
 
 TINY_RUNTIME = {"workers": 1, "threads": 1}   # one process, one torch thread (the tests share 2 cores)
 # "another machine" for cross-machine determinism tests: numpy's SIMD dispatch limited to the x86-64-v2
-# baseline (no AVX2/AVX-512 kernels) and one BLAS/OpenMP thread
-OTHER_CPU_ENV = {"NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR", "OMP_NUM_THREADS": "1",
+# baseline (no AVX2/AVX-512 kernels), MKL limited to SSE4.2 kernels (its FFTs) and one BLAS/OpenMP thread
+OTHER_CPU_ENV = {"NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+                 "OMP_NUM_THREADS": "1",
                  "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 

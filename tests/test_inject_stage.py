@@ -113,9 +113,10 @@ def test_same_params_give_byte_identical_injections(tmp_path, tiny_survey, assig
 
 
 def test_another_cpu_writes_the_same_injections(tmp_path, tiny_survey, assignment):
-    """numpy's dispatch limited to the x86-64-v2 baseline gives this machine's bytes (source fluxes and
-    magnification are rounded to float32 precision; torch and MKL run their AVX2 paths on every x86-64
-    machine: darkhalo/__init__.py)."""
+    """numpy's dispatch limited to the x86-64-v2 baseline and MKL to SSE4.2 give this machine's bytes
+    (source fluxes and magnification are rounded to float32 precision; torch runs its AVX2 kernels and
+    MKL its COMPATIBLE mode on every x86-64 machine: darkhalo/__init__.py).  With ``MKL_CBWR=AVX2`` the
+    FFTs differed here."""
     a, _ = run_inject(tmp_path, tiny_survey, assignment, "gen5p", name="a")
     params = write_params(tmp_path / "c.yaml", inject_params())
     run_on_other_cpu("inject", "--generation", "gen5p", "--params", params, "--survey", tiny_survey,
