@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from . import metrics as M
 from .params import FRACTION, NON_NEGATIVE, POSITIVE, ParamError, build, section
+from .judgement import VERDICTS
 from .stats import rate_with_interval
 from .units import PIXEL_SCALE_ARCSEC
 
@@ -37,7 +38,6 @@ STATIC_COLUMNS = ("label", "healpix_pixel", "theta_e_arcsec", "arc_snr", "src_ma
 BIN_FAMILIES = (("theta_e", "completeness_vs_theta_e", "theta_e_arcsec", "theta_E (arcsec)"),
                 ("arc_snr", "completeness_vs_arc_snr", "arc_snr", "arc S/N"),
                 ("src_mag_r", "completeness_vs_src_mag_r", "src_mag_r", "source r mag"))
-VERDICTS = ("better", "worse", "not distinguishable", "not resolvable")
 
 
 class BenchmarkMismatch(ValueError):
@@ -55,9 +55,15 @@ class CompareConfig:
     confidence: float = 0.95
     tolerance: float = 0.0          # verdict margin: the whole interval must clear +-tolerance
     min_units: int = 10             # fewer resampling units than this: no verdict (the interval means nothing)
+    # judgement rules (darkhalo/judgement.py); they never change a number
+    anchor_max_interval_width: float = 0.2   # a recall whose 95% interval is wider than this is not a measurement
+    core_separation_min: float = 0.8         # centre-masked: separation kept at 0.5 theta_E below this = core reliance
+    weak_auc_max: float = 0.7                # below this AUC the centre-masked ratios are called noise-dominated
+    claimed_n_grid_configs: dict | None = None   # the users' hand-written numbers, checked against inject metrics
 
 
-COMPARE_RULES = {"n_bootstrap": POSITIVE, "confidence": FRACTION, "tolerance": NON_NEGATIVE, "min_units": POSITIVE}
+COMPARE_RULES = {"n_bootstrap": POSITIVE, "confidence": FRACTION, "tolerance": NON_NEGATIVE, "min_units": POSITIVE,
+                 "anchor_max_interval_width": FRACTION, "core_separation_min": FRACTION, "weak_auc_max": FRACTION}
 
 
 def compare_config(params: dict, path: str) -> CompareConfig:

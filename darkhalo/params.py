@@ -83,9 +83,9 @@ SCHEMA = _keys(
                   "gallery_per_tier", "cache_dir", "max_failed_fraction", "cutout_psf_fwhm_arcsec", cutout=CUTOUT,
                   sets={EACH: _keys("ref_contains", "grading", "lens_type")},
                   simulation={EACH: _keys("n_clumps", priors=PRIORS)}),
-    compare=_keys("baseline", "candidate", "n_bootstrap", "confidence", "tolerance", "min_units"),
-    report=_keys("gallery_n", "gallery_columns", "anchor_max_interval_width", "core_separation_min", "weak_auc_max",
-                 "claimed_n_grid_configs"),
+    compare=_keys("baseline", "candidate", "n_bootstrap", "confidence", "tolerance", "min_units",
+                  "anchor_max_interval_width", "core_separation_min", "weak_auc_max", "claimed_n_grid_configs"),
+    report=_keys("gallery_n", "gallery_columns"),
 )
 
 

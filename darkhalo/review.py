@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
 
+from .judgement import verdict_lines
 from .outputs import atomic_write_bytes
 
 SUMMARY = "metrics/summary.json"
@@ -30,40 +30,6 @@ OUT = "reports/review.md"
 PLOTS_DIR = "reports/review_plots"
 FIGURES = (("ROC", "remediation/roc.png"), ("completeness vs arc S/N", "remediation/completeness.png"),
            ("selection function", "remediation/selection_function.png"))
-# headline differences shown in the verdict: summary key -> label
-VERDICT_METRICS = (("auc", "ROC AUC"), ("completeness", "completeness at the operating threshold"),
-                   ("hard_negative_fpr_all", "hard-negative FPR"), ("anchor_recall_tierA", "Tier-A anchor recall"))
-
-
-def rounded(value: float, lo: float, hi: float) -> str:
-    """'value [lo, hi]' to the decimals the interval's half-width resolves: its first significant digit
-    (two when that digit is 1 or 2), e.g. +0.098 [+0.090, +0.106], +0.02 [-0.13, +0.15]."""
-    half = abs(hi - lo) / 2
-    if half > 0:
-        exponent = math.floor(math.log10(half))
-        decimals = max(0, -exponent + (1 if half / 10 ** exponent < 3 else 0))
-    else:
-        decimals = 3
-    return f"{value:+.{decimals}f} [{lo:+.{decimals}f}, {hi:+.{decimals}f}]"
-
-
-def verdict_lines(summary: dict, baseline: str, candidate: str) -> list[str]:
-    """The five-line verdict of a metrics/summary.json (generations named as in metrics/compare.json)."""
-    counts = summary.get("verdict_counts", {})
-    bench = summary.get("benchmark", {})
-    lines = [f"**{candidate} vs {baseline}** on the frozen benchmark `{bench.get('sha256', '?')}` "
-             f"({bench.get('positives', '?')} positives, {bench.get('controls', '?')} controls, "
-             f"{bench.get('hard_negatives', '?')} hard negatives, {bench.get('anchors', '?')} anchors): "
-             + ", ".join(f"{counts[k]} {k}" for k in ("better", "worse", "not distinguishable", "not resolvable")
-                         if k in counts) + " (paired bootstrap, 95% intervals)."]
-    for key, label in VERDICT_METRICS:
-        diff = summary.get("difference", {}).get(key)
-        if diff is None or diff.get("value") is None:
-            continue
-        a, b = summary[baseline].get(key), summary[candidate].get(key)
-        lines.append(f"- {label}: {a:.3g} → {b:.3g}, {rounded(diff['value'], diff['lo'], diff['hi'])} "
-                     f"**{diff['verdict']}**")
-    return lines
 
 
 def _run(tool: str, *args: str) -> str:

@@ -4,7 +4,9 @@
 (module level and inside functions, transitively) with ``ast`` -- nothing is
 executed -- and returns the library files the stage can run.  A test compares
 them with dvc.yaml so that editing one module reruns only the stages that use
-it; ``python -m darkhalo.stage_deps`` prints the lists for every stage and
+it. A string constant in a module that names a file or folder beside it (e.g.
+``"report_templates"``) is package data the module reads: that path is a dependency too. Editing
+it reruns the same stages; ``python -m darkhalo.stage_deps`` prints the lists for every stage and
 ``python -m darkhalo.stage_deps --write`` puts them into dvc.yaml.
 """
 from __future__ import annotations
@@ -46,6 +48,20 @@ def _imported_modules(path: Path, root: Path) -> set[str]:
     return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
 
 
+def _data_paths(path: Path) -> set[Path]:
+    """Files or folders beside a module that one of its string constants names (its package data; a
+    subpackage is code, followed through imports instead)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and 0 < len(node.value) < 100 \
+                and node.value.isprintable() and "/" not in node.value and not node.value.startswith(".") \
+                and not node.value.endswith(".py"):
+            candidate = path.parent / node.value
+            if candidate.exists() and candidate.name != "__pycache__" and not (candidate / "__init__.py").exists():
+                found.add(candidate)
+    return found
+
+
 def _only_docstring(path: Path) -> bool:
     """True for a file (typically a package ``__init__``) holding nothing but a docstring."""
     body = ast.parse(path.read_text()).body
@@ -53,7 +69,8 @@ def _only_docstring(path: Path) -> bool:
 
 
 def stage_library_files(stage_file: str | Path, root: str | Path = ".") -> list[str]:
-    """Sorted library files (relative POSIX paths) reachable by imports from one stage module.
+    """Sorted library files (relative POSIX paths) reachable by imports from one stage module, with the
+    package data (files or folders) those modules name.
 
     Files holding only a docstring (package ``__init__``s) are left out: editing them cannot
     change an output.
@@ -70,7 +87,8 @@ def stage_library_files(stage_file: str | Path, root: str | Path = ".") -> list[
                 if file is not None and file not in seen:
                     seen.add(file)
                     todo.append(file)
-    return sorted(p.relative_to(root).as_posix() for p in seen if not _only_docstring(p))
+    data = {d for p in seen for d in _data_paths(p)}
+    return sorted(p.relative_to(root).as_posix() for p in seen | data if p.is_dir() or not _only_docstring(p))
 
 
 def sync_dvc_yaml(path: str | Path = "dvc.yaml", root: str | Path = ".") -> str:

@@ -4,7 +4,9 @@ Reads data/eval/<generation>/scores.parquet and metrics/<generation>/{evaluate,d
 of ``compare.baseline`` and ``compare.candidate`` (with ``train.seeds`` > 1 also each extra seed's
 scores_seed<k>.parquet and evaluate_seed<k>.json: seeds are paired by index and the intervals
 combine their spread with the bootstrap); refuses generations evaluated on different benchmarks; writes metrics/compare.json (every metric), metrics/summary.json (the headline a
-reviewer reads in ``dvc metrics diff``) and DVC plot data in plots/compare/.
+reviewer reads in ``dvc metrics diff``) and DVC plot data in plots/compare/. compare.json's ``judgement``
+(darkhalo/judgement.py) also reads metrics/<generation>/{model_gates,inject}.json and
+metrics/{split,anchors,hard_negatives}.json: every verdict the report states.
 """
 from __future__ import annotations
 
@@ -17,9 +19,15 @@ import pyarrow.csv as pacsv
 
 from darkhalo.dataset import read_table
 from darkhalo.compare import combine_seeds, compare, compare_config, generation, headline_summary, plot_tables
+from darkhalo.judgement import judge
 from darkhalo.outputs import atomic_write_bytes, run_stage, write_json
-from darkhalo.params import load_params
+from darkhalo.params import load_params, section
 from darkhalo.training import seed_file_name, train_config
+
+
+def read_optional(path: Path) -> dict:
+    """A metrics file's content, {} when it does not exist."""
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def load(name: str, scores: str, summary: str):
@@ -50,13 +58,16 @@ def main(argv: list[str] | None = None) -> None:
     if len(set(bins.values())) != 1 or None in bins.values():
         raise ValueError(f"calibration bins differ or are missing in the evaluate metrics: {bins}")
     result = combine_seeds([compare(a, b, config, int(next(iter(bins.values())))) for a, b in runs], config)
+    # the generations' stage metrics join the headline and the judgement when present (the pipeline has them all)
+    detail = {kind: {g: read_optional(root / f"metrics/{g}/{kind}.json") for g in names}
+              for kind in ("data_gates", "train", "model_gates", "evaluate", "inject")}
+    detail.update({kind: read_optional(root / f"metrics/{kind}.json") for kind in ("split", "anchors", "hard_negatives")})
+    summary = headline_summary(result, detail["data_gates"], detail["train"], detail["model_gates"], runs[0][1].summary)
+    evaluate = section(params, "evaluate", args.params)
+    result["judgement"] = judge(result, summary, detail, config, {
+        key: float(evaluate[key]) for key in ("operating_fpr", "gate13_max_fraction_above", "gate17_max_retained_fraction")})
     write_json(args.out, result)
-    # the generations' gate and training metrics join the headline when present (the pipeline always has them)
-    detail = {kind: {g: (json.loads(path.read_text()) if (path := root / f"metrics/{g}/{kind}.json").exists() else {})
-                     for g in (config.baseline, config.candidate)} for kind in ("data_gates", "train", "model_gates")}
-    write_json(args.summary or Path(args.out).with_name("summary.json"),
-               headline_summary(result, detail["data_gates"], detail["train"], detail["model_gates"],
-                                runs[0][1].summary))
+    write_json(args.summary or Path(args.out).with_name("summary.json"), summary)
     for name, table in plot_tables(result).items():
         sink = pa.BufferOutputStream()
         pacsv.write_csv(table, sink)

@@ -3,19 +3,22 @@
 Reads the metrics of every stage (metrics/*.json, metrics/<generation>/*.json,
 metrics/compare.json), the ROC plot data, the scores tables and the benchmark parts
 (galleries), and the generations' injection data (achieved arc S/N); writes
-reports/remediation.md and reports/remediation/*.png. Every number in the markdown links to
-the metrics file and key it was read from. All inputs are required unless --allow-missing.
+reports/remediation.md (rendered from darkhalo/report_templates/), reports/remediation/*.png and
+reports/remediation/sources.json: the file and JSON pointer every number in the markdown was read
+from. All inputs are required unless --allow-missing.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
 from darkhalo.compare import compare_config
 from darkhalo.outputs import atomic_dir, atomic_write_bytes, run_stage
 from darkhalo.params import load_params, section
-from darkhalo.report import FIGURES, Inputs, Report, Sources, arc_snr_samples, make_figures, report_config
+from darkhalo.report import FIGURES, SIDECAR, Inputs, Sources, render, report_config
+from darkhalo.report_figures import arc_snr_samples, make_figures
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,19 +36,19 @@ def main(argv: list[str] | None = None) -> None:
     inputs = Inputs(cmp.baseline, cmp.candidate, {g: str(generations[g].get("label", "")) for g in generations},
                     params=os.path.relpath(args.params, root))
     out = Path(args.out)
-    src = Sources(root, str(out.parent.relative_to(root) if out.is_absolute() else out.parent))
-    bench_uri = src.get(inputs.benchmark, "parts", "injections", "path")
-    samples = arc_snr_samples(root, inputs, str(root / bench_uri))
+    src = Sources(root)
+    samples = arc_snr_samples(root, inputs, str(root / src.get(inputs.benchmark, "parts", "injections", "path")))
     figures = make_figures(src, inputs, config, root, samples)
-    report = Report(src, inputs, config)
-    text = report.build(figures)
-    if report.missing and not args.allow_missing:
-        raise FileNotFoundError("report inputs missing: " + ", ".join(report.missing))
+    text, sidecar, missing = render(root, inputs, config, figures)
+    if missing and not args.allow_missing:
+        raise FileNotFoundError("report inputs missing: " + ", ".join(missing))
     with atomic_dir(out.parent / FIGURES) as tmp:
         for name, png in sorted(figures.items()):
             (tmp / name).write_bytes(png)
+        (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=1, ensure_ascii=False) + "\n")
     atomic_write_bytes(out, text.encode("utf-8"))
-    print(f"report: {out} ({len(text.splitlines())} lines, {len(figures)} figures)")
+    print(f"report: {out} ({len(text.splitlines())} lines, {len(figures)} figures, "
+          f"{len(sidecar['numbers'])} numbers in {FIGURES}/{SIDECAR})")
 
 
 if __name__ == "__main__":

@@ -417,26 +417,33 @@ def review_params() -> dict:
     return params
 
 
-REPORT_LINK = r"\[([^\[\]]*)\]\(((?:\.\./)+)([^)#\s]+)#(/[^)\s]*)\)"
+def report_numbers_mismatching(report_path: Path, root: Path) -> tuple[int, list[str]]:
+    """(numbers in the sidecar, mismatches) of a generated report: every entry of reports/remediation/sources.json
+    must name a value that exists at its JSON pointer of its metrics/params file, print as shown (Python's
+    ``format`` with the entry's spec; 'text': 4 significant digits) and stand on the report line it names."""
+    import json
 
+    import yaml
 
-def report_links_mismatching(report_path: Path, root: Path) -> tuple[int, list[str]]:
-    """(number of value links, mismatches) of a generated report: every ``[text](../file#/pointer)`` must
-    show exactly ``format_value`` of the value at that JSON pointer of that metrics/params file."""
-    import re
+    from darkhalo.report import format_value, resolve_pointer
 
-    from darkhalo.report import Sources, format_value, resolve_pointer
-
-    src = Sources(root)
-    text = Path(report_path).read_text()
-    links = re.findall(REPORT_LINK, text)
-    bad = []
-    for shown, _, rel, pointer in links:
+    lines = Path(report_path).read_text().splitlines()
+    sidecar = json.loads((Path(report_path).with_suffix("") / "sources.json").read_text())
+    docs, bad = {}, []
+    for e in sidecar["numbers"]:
+        where = f"{e['file']}#{e['pointer']} (line {e['line']})"
+        if e["file"] not in docs:
+            text = (root / e["file"]).read_text()
+            docs[e["file"]] = yaml.safe_load(text) if e["file"].endswith(".yaml") else json.loads(text)
         try:
-            value = resolve_pointer(src.load(rel), pointer)
-        except (KeyError, IndexError, FileNotFoundError) as exc:
-            bad.append(f"{rel}#{pointer}: {exc}")
+            value = resolve_pointer(docs[e["file"]], e["pointer"])
+        except (KeyError, IndexError) as exc:
+            bad.append(f"{where}: {exc}")
             continue
-        if shown != format_value(value):
-            bad.append(f"{rel}#{pointer}: report shows {shown!r}, file holds {value!r}")
-    return len(links), bad
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+        expected = format(value, e["format"]) if numeric and e["format"] != "text" else format_value(value)
+        if e["shown"] != expected:
+            bad.append(f"{where}: sidecar shows {e['shown']!r}, file holds {value!r} ({e['format']})")
+        elif e["shown"] not in lines[e["line"] - 1]:
+            bad.append(f"{where}: {e['shown']!r} is not on that line of the report")
+    return len(sidecar["numbers"]), bad

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import copy_project, report_links_mismatching, review_params, write_params
+from conftest import copy_project, report_numbers_mismatching, review_params, write_params
 from test_pipeline_dvc import init_repo
 
 UPSTREAM = {"survey", "survey_gallery", "split", "hard_negatives", "anchors", "inject@gen5", "inject@gen5p",
@@ -115,14 +115,14 @@ def test_metrics_plots_and_report_cover_both_generations(clone):
         values = plots["data"][plot_id][0]["content"]["data"]["values"]
         assert {"gen5", "gen5p"} <= {v["filename"].split("/")[0] for v in values}, plot_id
     assert "plots/compare/completeness_theta_e_diff.csv" in plots["data"]
-    # the report: its numbers are the metrics files' numbers, its figures exist
+    # the report: its numbers are the metrics files' numbers (sidecar), its figures exist
     report = clone / "reports" / "remediation.md"
-    n_links, bad = report_links_mismatching(report, clone)
-    assert n_links > 200 and not bad, bad[:10]
+    n_numbers, bad = report_numbers_mismatching(report, clone)
+    assert n_numbers > 200 and not bad, bad[:10]
     text = report.read_text()
-    for section in ("## Summary", "## Which remediation helped", "## Data gates", "## Model gates", "## Split",
-                    "## Anchors", "## Injection priors", "## Galleries", "### Are the gate thresholds appropriate?",
-                    "### Priorities"):
+    for section in ("## Figures", "## Which remediation helped", "## Priorities", "<b>Data gates</b>",
+                    "<b>Model gates</b>", "### Split", "### Anchors", "### Injection priors", "<b>Galleries</b>",
+                    "### Are the gate thresholds appropriate?"):
         assert section in text, section
     assert "## Missing inputs" not in text
     for png in re.findall(r"\]\((remediation/[^)]+\.png)\)", text):
@@ -204,7 +204,7 @@ def test_runtime_settings_rerun_nothing(clone):
 
 
 def test_review_verdict_names_the_roles_and_rounds_each_difference_to_its_interval():
-    from darkhalo.review import rounded, verdict_lines
+    from darkhalo.judgement import rounded, verdict_lines
 
     summary = {"benchmark": {"sha256": "abc123def456", "positives": 10, "controls": 10},
                "difference": {"auc": {"value": 0.0977, "lo": 0.0902, "hi": 0.1056, "verdict": "better"}},
