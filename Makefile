@@ -30,11 +30,11 @@ bench: env
 	python -m benchmarks.survey_throughput
 
 ablation: env   # queue the leave-one-out variants of params.yaml `ablation:` as DVC experiments
-	python -m darkhalo.ablation
+	python -m darkhalo.eval.ablation
 
 ablation-collect: env   # after `dvc queue start` finished: metrics/ablation.json for the report's ablation table
-	python -m darkhalo.ablation --collect
+	python -m darkhalo.eval.ablation --collect
 	dvc repro report
 
 review: env   # the pull-request comment: reports/review.md against BASE (default main), as CI posts it
-	python -m darkhalo.review --base $(or $(BASE),main)
+	python -m darkhalo.report.review --base $(or $(BASE),main)

@@ -30,8 +30,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import yaml  # noqa: E402
 
-from darkhalo import spark as dhs_spark  # noqa: E402
-from darkhalo.dataset import read_table  # noqa: E402
+from darkhalo.io import spark as dhs_spark
+from darkhalo.io.dataset import read_table  # noqa: E402
 
 USERS_POSITIVES = 1_380_000
 

@@ -34,8 +34,8 @@ QUALITY = ("bad_pixel_frac", "psfsize_g", "psfsize_r", "psfsize_z", "psfdepth_g"
 
 def metadata_manifest(root: Path, n_rows: int, seed: int = 1, files_per_split: int = 8) -> Path:
     """Users'-layout metadata manifest with ``n_rows`` rows (pairs: control + positive per parent)."""
-    from darkhalo.split import SplitConfig, assign
-    from darkhalo.dataset import write_parquet
+    from darkhalo.sim.split import SplitConfig, assign
+    from darkhalo.io.dataset import write_parquet
 
     marker = root / f"_complete_{n_rows}"
     if marker.exists():
@@ -43,7 +43,7 @@ def metadata_manifest(root: Path, n_rows: int, seed: int = 1, files_per_split: i
     rng = np.random.default_rng(seed)
     n_par = n_rows // 2
     import healpy as hp
-    from darkhalo.footprint import footprint_patches
+    from darkhalo.sim.footprint import footprint_patches
     patches = footprint_patches(3000, rng)           # parents clustered in NSIDE=32 pixels, as the survey's
     sub = patches[rng.integers(patches.size, size=n_par)] * 4**10 + rng.integers(4**10, size=n_par)
     ra, dec = hp.pix2ang(32 * 2**10, sub, nest=True, lonlat=True)
@@ -90,9 +90,9 @@ def metadata_manifest(root: Path, n_rows: int, seed: int = 1, files_per_split: i
 
 def pixel_manifest(root: Path, n_parents: int) -> Path:
     """Native-layout manifest: per survey parent one control and one positive (control + blue ring)."""
-    from darkhalo.dataset import Chunk, read_table, stamps_of, write_hive
-    from darkhalo.split import SplitConfig, assignment_table
-    from darkhalo.stamps import PIXEL_COLUMNS, native_columns, StampBatch
+    from darkhalo.io.dataset import Chunk, read_table, stamps_of, write_hive
+    from darkhalo.sim.split import SplitConfig, assignment_table
+    from darkhalo.io.stamps import PIXEL_COLUMNS, native_columns, StampBatch
 
     if (root / "_complete").exists():
         return root
@@ -150,7 +150,7 @@ def run_child(args: list[str]) -> tuple[float, float, int]:
 
 
 def main():
-    from darkhalo.dataset import read_table
+    from darkhalo.io.dataset import read_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)

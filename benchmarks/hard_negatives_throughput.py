@@ -3,7 +3,7 @@
 Measures, in one process on one core:
   * `hard_negatives_simulation`: simulate_hard_negatives without the visibility
     measurement (site, core, features, neighbours, PSF, noise, defects), stamps/s;
-  * `arc_visibility`: darkhalo.visibility.arc_visibility (Sersic lens-light fit,
+  * `arc_visibility`: darkhalo.physics.visibility.arc_visibility (Sersic lens-light fit,
     annulus S/N) on survey LRG stamps, stamps/s;
   * `visibility_null` / `visibility_arc_22p5`: percentiles 5/50/95 of the
     annulus S/N (theta_E 1.5") on the same stamps without an arc and with a
@@ -23,12 +23,12 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from scipy.signal import fftconvolve  # noqa: E402
 
-from darkhalo.hard_negatives import HardNegativesConfig, simulate_hard_negatives  # noqa: E402
-from darkhalo.profiles import pixel_coords_arcsec  # noqa: E402
-from darkhalo.psf import moffat_kernels  # noqa: E402
-from darkhalo.stamps import stamps_from_native  # noqa: E402
-from darkhalo.survey import SurveyConfig, simulate_parents, sky_patches  # noqa: E402
-from darkhalo.visibility import arc_visibility  # noqa: E402
+from darkhalo.sim.hard_negatives import HardNegativesConfig, simulate_hard_negatives  # noqa: E402
+from darkhalo.physics.profiles import pixel_coords_arcsec  # noqa: E402
+from darkhalo.physics.psf import moffat_kernels  # noqa: E402
+from darkhalo.io.stamps import stamps_from_native  # noqa: E402
+from darkhalo.sim.survey import SurveyConfig, simulate_parents, sky_patches  # noqa: E402
+from darkhalo.physics.visibility import arc_visibility  # noqa: E402
 
 THETA_E = 1.5
 

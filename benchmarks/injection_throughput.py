@@ -7,7 +7,7 @@ Moffat PSFs per stamp):
     adaptive supersampling on ``tile_pix`` tiles, analytic Moffat transfer functions);
     ``engine_tile8``: the same with 8-px tiles (RenderSettings' default);
   * ``lenstronomy_uniform``: lenstronomy as its experts would set it up
-    (darkhalo.lenstronomy_reference.ArcRenderer: models and grid built once, one
+    (darkhalo.physics.lenstronomy_reference.ArcRenderer: models and grid built once, one
     ray-shoot for the three bands, unit components, per-band pixel-kernel FFT),
     uniform supersampling;
   * ``lenstronomy_adaptive``: the same on lenstronomy's AdaptiveGrid, supersampled
@@ -33,10 +33,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from darkhalo.injection import engine_settings, render_columns  # noqa: E402
-from darkhalo.lensing import RenderSettings  # noqa: E402
-from darkhalo.lenstronomy_reference import ArcRenderer, random_arc_rows, rows_to_columns  # noqa: E402
-from darkhalo.units import PIXEL_SCALE_ARCSEC  # noqa: E402
+from darkhalo.sim.injection import engine_settings, render_columns  # noqa: E402
+from darkhalo.physics.lensing import RenderSettings  # noqa: E402
+from darkhalo.physics.lenstronomy_reference import ArcRenderer, random_arc_rows, rows_to_columns  # noqa: E402
+from darkhalo.core.units import PIXEL_SCALE_ARCSEC  # noqa: E402
 
 N_CLUMPS = 2
 CAUSTICS_NOTE = ("caustics 1.7.1 needs caskade>=0.15 and graphviz>=0.20.1, which this environment lacks; "

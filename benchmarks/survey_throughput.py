@@ -1,9 +1,9 @@
 """Survey rendering throughput vs lenstronomy, grz 64x64 LRG stamps, as JSON.
 
 In one process on one thread (torch, BLAS and OpenMP pools pinned to 1):
-  * ``lrg_ours``: our LRG light (darkhalo.profiles.render_sersic: supersample 4, the
+  * ``lrg_ours``: our LRG light (darkhalo.physics.profiles.render_sersic: supersample 4, the
     3x3 central pixels at 32) coloured per band and convolved with each band's
-    Moffat kernel (scipy FFT), batched as darkhalo.survey does;
+    Moffat kernel (scipy FFT), batched as darkhalo.sim.survey does;
   * ``lrg_lenstronomy``: lenstronomy as its experts would set it up: one LightModel
     and one supersampled grid (RegularGrid, supersampling 4) built once, one
     render per stamp, three convolutions (PixelKernelConvolution, FFT) with the
@@ -28,11 +28,11 @@ import os  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.signal import fftconvolve  # noqa: E402
 
-from darkhalo.lenstronomy_reference import pixel_frame  # noqa: E402
-from darkhalo.profiles import render_sersic, sersic_sb_at_reff  # noqa: E402
-from darkhalo.psf import moffat_kernels  # noqa: E402
-from darkhalo.survey import SurveyConfig, simulate_parents, sky_patches  # noqa: E402
-from darkhalo.units import PIXEL_SCALE_ARCSEC  # noqa: E402
+from darkhalo.physics.lenstronomy_reference import pixel_frame  # noqa: E402
+from darkhalo.physics.profiles import render_sersic, sersic_sb_at_reff  # noqa: E402
+from darkhalo.physics.psf import moffat_kernels  # noqa: E402
+from darkhalo.sim.survey import SurveyConfig, simulate_parents, sky_patches  # noqa: E402
+from darkhalo.core.units import PIXEL_SCALE_ARCSEC  # noqa: E402
 
 SIZE, SUPERSAMPLE, CENTRE_SUPERSAMPLE, CENTRE_BOX = 64, 4, 32, 3
 

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from darkhalo.models import build_model
+from darkhalo.ml.models import build_model
 
 
 def rate(model, device, batch: int, steps: int, train: bool, size: int = 64) -> float:

@@ -1,6 +1,6 @@
 """DVC stage `anchors`: known lenses at their catalogue positions, checked, measured and tiered.
 
-Selection (darkhalo/anchors.py): the lenscat sets of ``anchors.sets`` inside the
+Selection (darkhalo/sim/anchors.py): the lenscat sets of ``anchors.sets`` inside the
 DR10 footprint, at most ``anchors.max_per_set`` per set in a fixed pseudo-random
 order -- or, with ``anchors.anchor_list``, the listed anchors after the position
 check (an anchor off its catalogue position by more than
@@ -8,8 +8,8 @@ check (an anchor off its catalogue position by more than
 
 Pixels: ``anchors.mode: embedded`` simulates each anchor at its catalogue
 position through the survey machinery with an arc from the injection engine
-(darkhalo/anchor_sim.py); ``anchors.mode: cutouts`` fetches Legacy Survey DR10
-cutouts (darkhalo/cutouts.py; cache ``anchors.cache_dir``).
+(darkhalo/sim/anchor_sim.py); ``anchors.mode: cutouts`` fetches Legacy Survey DR10
+cutouts (darkhalo/io/cutouts.py; cache ``anchors.cache_dir``).
 
 Checks on every stamp: a galaxy at the centre and the arc-visibility S/N in
 the annulus at ``anchor_theta_e_arcsec``; Tier A when S/N >=
@@ -34,15 +34,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from darkhalo.anchors import (AnchorsConfig, anchors_config, anchors_from_cutouts, apply_check_policy, finish_table,
+from darkhalo.sim.anchors import (AnchorsConfig, anchors_config, anchors_from_cutouts, apply_check_policy, finish_table,
                               measure_anchors, order_columns, select_anchors, summarise_anchors)
-from darkhalo.dataset import write_parquet
-from darkhalo.gallery import gallery_png
-from darkhalo.outputs import atomic_dir, atomic_write_bytes, run_stage, write_json
-from darkhalo.params import load_params
-from darkhalo.split import attach_split, read_split_map
-from darkhalo.stamps import stamps_from_native
-from darkhalo.survey import SurveyConfig, survey_config
+from darkhalo.io.dataset import write_parquet
+from darkhalo.io.gallery import gallery_png
+from darkhalo.core.outputs import atomic_dir, atomic_write_bytes, run_stage, write_json
+from darkhalo.core.params import load_params
+from darkhalo.sim.split import attach_split, read_split_map
+from darkhalo.io.stamps import stamps_from_native
+from darkhalo.sim.survey import SurveyConfig, survey_config
 
 ROW_GROUP_ROWS = 64
 GALLERY_STRETCH, GALLERY_Q = 0.06, 6.0   # faint arcs: the hard-negative gallery's stretch
@@ -51,8 +51,8 @@ GALLERY_STRETCH, GALLERY_Q = 0.06, 6.0   # faint arcs: the hard-negative gallery
 def run_embedded(params: dict, path: str, config: SurveyConfig, cfg: AnchorsConfig, anchors: pd.DataFrame):
     import torch
 
-    from darkhalo.anchor_sim import simulate_anchors, simulation_specs
-    from darkhalo.injection import engine_settings
+    from darkhalo.sim.anchor_sim import simulate_anchors, simulation_specs
+    from darkhalo.sim.injection import engine_settings
 
     torch.set_num_threads(1)   # same float sums on every machine (byte-identical outputs)
     engine = engine_settings(params, path)
@@ -65,7 +65,7 @@ def run_embedded(params: dict, path: str, config: SurveyConfig, cfg: AnchorsConf
 
 
 def run_cutouts(cfg: AnchorsConfig, anchors: pd.DataFrame):
-    from darkhalo.cutouts import CutoutClient
+    from darkhalo.io.cutouts import CutoutClient
 
     client = CutoutClient(cfg.cutout_config, cfg.cache_dir)
     targets = list(zip(anchors["name"], anchors["ra"], anchors["dec"]))

@@ -13,8 +13,8 @@ import argparse
 import hashlib
 from pathlib import Path
 
-from darkhalo.dataset import content_hash, open_dataset
-from darkhalo.outputs import run_stage, write_json
+from darkhalo.io.dataset import content_hash, open_dataset
+from darkhalo.core.outputs import run_stage, write_json
 
 
 def describe_part(path: str) -> dict:

@@ -5,7 +5,7 @@ of ``compare.baseline`` and ``compare.candidate`` (with ``train.seeds`` > 1 also
 scores_seed<k>.parquet and evaluate_seed<k>.json: seeds are paired by index and the intervals
 combine their spread with the bootstrap); refuses generations evaluated on different benchmarks; writes metrics/compare.json (every metric), metrics/summary.json (the headline a
 reviewer reads in ``dvc metrics diff``) and DVC plot data in plots/compare/. compare.json's ``judgement``
-(darkhalo/judgement.py) also reads metrics/<generation>/{model_gates,inject}.json and
+(darkhalo/eval/judgement.py) also reads metrics/<generation>/{model_gates,inject}.json and
 metrics/{split,anchors,hard_negatives}.json: every verdict the report states.
 """
 from __future__ import annotations
@@ -17,12 +17,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from darkhalo.dataset import read_table
-from darkhalo.compare import combine_seeds, compare, compare_config, generation, headline_summary, plot_tables
-from darkhalo.judgement import judge
-from darkhalo.outputs import atomic_write_bytes, run_stage, write_json
-from darkhalo.params import load_params, section
-from darkhalo.training import seed_file_name, train_config
+from darkhalo.io.dataset import read_table
+from darkhalo.eval.compare import combine_seeds, compare, compare_config, generation, headline_summary, plot_tables
+from darkhalo.eval.judgement import judge
+from darkhalo.core.outputs import atomic_write_bytes, run_stage, write_json
+from darkhalo.core.params import load_params, section
+from darkhalo.ml.training import seed_file_name, train_config
 
 
 def read_optional(path: Path) -> dict:

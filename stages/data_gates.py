@@ -34,11 +34,11 @@ from darkhalo.gates.audit import SplitSpec, read_assignment, run_audit
 from darkhalo.gates.config import GATE_FAMILIES, gates_config, generation_blocking
 from darkhalo.gates.report import failure_line
 from darkhalo.gates.suites import DEFAULT_DIR
-from darkhalo.outputs import run_stage
-from darkhalo.params import ParamError, load_params, section
-from darkhalo.normalize import Normalization
-from darkhalo.split import GENERATION_SPLITS, SPLITS, declared_over, split_config
-from darkhalo.training import train_config
+from darkhalo.core.outputs import run_stage
+from darkhalo.core.params import ParamError, load_params, section
+from darkhalo.physics.normalize import Normalization
+from darkhalo.sim.split import GENERATION_SPLITS, SPLITS, declared_over, split_config
+from darkhalo.ml.training import train_config
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 

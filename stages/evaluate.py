@@ -4,7 +4,7 @@ Writes data/eval/<generation>/scores.parquet (one row per benchmark stamp:
 score and diagnostic scores), metrics/<generation>/evaluate.json (with the
 benchmark hash), metrics/<generation>/model_gates.json, and DVC plot data in
 plots/<generation>/ (roc.csv, completeness_*.csv, selection_*.csv: the selection function,
-darkhalo/selection.py).  With ``train.seeds`` > 1 every
+darkhalo/eval/selection.py).  With ``train.seeds`` > 1 every
 extra training seed k is scored the same way (its own operating threshold):
 data/eval/<generation>/scores_seed<k>.parquet and evaluate_seed<k>.json, and
 evaluate.json gains ``seed_spread`` (mean and sd over seeds of the headline metrics).
@@ -22,19 +22,19 @@ import pyarrow.csv as pacsv
 import torch
 from tqdm import tqdm
 
-from darkhalo import metrics as M
-from darkhalo.dataset import content_hash, parquet_bytes
-from darkhalo.evaluation import (evaluate_config, model_gates, roc_points, score_injections, score_negatives,
+from darkhalo.core import metrics as M
+from darkhalo.io.dataset import content_hash, parquet_bytes
+from darkhalo.eval.evaluation import (evaluate_config, model_gates, roc_points, score_injections, score_negatives,
                                  score_split, summarise)
-from darkhalo.inference import Scorer
-from darkhalo.injection import engine_settings
-from darkhalo.lensing import RenderSettings
-from darkhalo.outputs import atomic_dir, atomic_write_bytes, run_stage, write_json
-from darkhalo.params import load_params
-from darkhalo.runtime import runtime_config
-from darkhalo.selection import selection_function
-from darkhalo.survey import survey_config
-from darkhalo.training import seed_file_name, train_config
+from darkhalo.ml.inference import Scorer
+from darkhalo.sim.injection import engine_settings
+from darkhalo.physics.lensing import RenderSettings
+from darkhalo.core.outputs import atomic_dir, atomic_write_bytes, run_stage, write_json
+from darkhalo.core.params import load_params
+from darkhalo.core.runtime import runtime_config
+from darkhalo.eval.selection import selection_function
+from darkhalo.sim.survey import survey_config
+from darkhalo.ml.training import seed_file_name, train_config
 
 SEED_SPREAD_KEYS = (("auc", ("roc", "auc")), ("completeness", ("completeness_at_threshold", "rate")),
                     ("hard_negative_fpr", ("hard_negative_fpr", "rate")))

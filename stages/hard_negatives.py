@@ -1,10 +1,10 @@
 """DVC stage `hard_negatives`: lens-like non-lenses, split by the HEALPix assignment.
 
 Embedded mode (default): simulate ``n_per_class`` rings, spirals, mergers and
-edge-on disks in survey-like cutouts (darkhalo/hard_negatives.py).  Real mode
+edge-on disks in survey-like cutouts (darkhalo/sim/hard_negatives.py).  Real mode
 (``hard_negatives.mode: galaxy_zoo``): select Galaxy Zoo DECaLS galaxies by
-vote fractions (darkhalo/galaxy_zoo.py) and fetch their Legacy Survey cutouts
-(darkhalo/cutouts.py).  Either way each row takes the region_split of its
+vote fractions (darkhalo/io/galaxy_zoo.py) and fetch their Legacy Survey cutouts
+(darkhalo/io/cutouts.py).  Either way each row takes the region_split of its
 HEALPix pixel from ``data/split/assignment.parquet``.
 
 Writes ``data/hard_negatives/region_split=<train|val|test>/part-NNNNN.parquet``
@@ -19,18 +19,18 @@ import argparse
 import numpy as np
 import pyarrow.dataset as ds
 
-from darkhalo import galaxy_zoo
-from darkhalo.cutouts import CutoutClient
-from darkhalo.dataset import Chunk, iter_chunks, read_table, stamps_of
-from darkhalo.gallery import gallery_png
-from darkhalo.hard_negatives import (HARD_NEGATIVE_PARENT_ID_BASE, HN_EXTRA_FIELDS, HardNegativesConfig,
+from darkhalo.io import galaxy_zoo
+from darkhalo.io.cutouts import CutoutClient
+from darkhalo.io.dataset import Chunk, iter_chunks, read_table, stamps_of
+from darkhalo.io.gallery import gallery_png
+from darkhalo.sim.hard_negatives import (HARD_NEGATIVE_PARENT_ID_BASE, HN_EXTRA_FIELDS, HardNegativesConfig,
                                      check_namespace, hard_negatives_config, hard_negatives_from_cutouts,
                                      merge_counts, simulate_hard_negatives, summarise, write_split_partitions)
-from darkhalo.outputs import atomic_dir, atomic_write_bytes, run_stage, write_json
-from darkhalo.parallel import map_shards
-from darkhalo.params import load_params
-from darkhalo.split import SplitMap, attach_split, read_split_map
-from darkhalo.survey import CATALOGUE_FIELDS, SurveyConfig, sky_patches, survey_config
+from darkhalo.core.outputs import atomic_dir, atomic_write_bytes, run_stage, write_json
+from darkhalo.io.parallel import map_shards
+from darkhalo.core.params import load_params
+from darkhalo.sim.split import SplitMap, attach_split, read_split_map
+from darkhalo.sim.survey import CATALOGUE_FIELDS, SurveyConfig, sky_patches, survey_config
 
 CATALOGUE_COLUMNS = [f.name for f in CATALOGUE_FIELDS] + [f.name for f in HN_EXTRA_FIELDS]
 GALLERY_STRETCH, GALLERY_Q = 0.06, 6.0   # fainter stretch than the survey gallery: features are faint

@@ -18,16 +18,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from darkhalo.dataset import Chunk, read_table, stamps_of, write_parquet
-from darkhalo.injection import (InjectConfig, benchmark_spec, candidate_snrs, engine_settings, fit_acceptance,
+from darkhalo.io.dataset import Chunk, read_table, stamps_of, write_parquet
+from darkhalo.sim.injection import (InjectConfig, benchmark_spec, candidate_snrs, engine_settings, fit_acceptance,
                                 generation_spec,
                                 inject_parents, summarise_injection)
-from darkhalo.outputs import run_stage, write_json
-from darkhalo.parallel import join_uri, make_dirs, map_shards, part_files, shard_output
-from darkhalo.params import load_params
-from darkhalo.stamps import PIXEL_COLUMNS
-from darkhalo.split import GENERATION_SPLITS, SPLITS
-from darkhalo.survey import survey_config
+from darkhalo.core.outputs import run_stage, write_json
+from darkhalo.io.parallel import join_uri, make_dirs, map_shards, part_files, shard_output
+from darkhalo.core.params import load_params
+from darkhalo.io.stamps import PIXEL_COLUMNS
+from darkhalo.sim.split import GENERATION_SPLITS, SPLITS
+from darkhalo.sim.survey import survey_config
 
 
 def load_assignment(path: str, splits=SPLITS) -> pa.Table:

@@ -3,7 +3,7 @@
 Reads the metrics of every stage (metrics/*.json, metrics/<generation>/*.json,
 metrics/compare.json), the ROC plot data, the scores tables and the benchmark parts
 (galleries), and the generations' injection data (achieved arc S/N); writes
-reports/remediation.md (rendered from darkhalo/report_templates/), reports/remediation/*.png and
+reports/remediation.md (rendered from darkhalo/report/templates/), reports/remediation/*.png and
 reports/remediation/sources.json: the file and JSON pointer every number in the markdown was read
 from. All inputs are required unless --allow-missing.
 """
@@ -14,11 +14,11 @@ import json
 import os
 from pathlib import Path
 
-from darkhalo.compare import compare_config
-from darkhalo.outputs import atomic_dir, atomic_write_bytes, run_stage
-from darkhalo.params import load_params, section
-from darkhalo.report import FIGURES, SIDECAR, Inputs, Sources, render, report_config
-from darkhalo.report_figures import arc_snr_samples, make_figures
+from darkhalo.eval.compare import compare_config
+from darkhalo.core.outputs import atomic_dir, atomic_write_bytes, run_stage
+from darkhalo.core.params import load_params, section
+from darkhalo.report.render import FIGURES, SIDECAR, Inputs, Sources, render, report_config
+from darkhalo.report.figures import arc_snr_samples, make_figures
 
 
 def main(argv: list[str] | None = None) -> None:

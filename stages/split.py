@@ -5,16 +5,16 @@ Reads ``parent_id, ra, dec`` of the survey catalogue; writes
 ``dec`` in deg, ``nside``, ``healpix_pixel`` (NESTED), ``split_unit`` (the
 connected group of pixels assigned together), ``region_split`` in train/val/test/guard) and
 ``metrics/split.json`` (parents, pixels, area in deg^2 and fractions per split,
-guard-band loss).  Algorithm: darkhalo/split.py.
+guard-band loss).  Algorithm: darkhalo/sim/split.py.
 """
 from __future__ import annotations
 
 import argparse
 
-from darkhalo.dataset import parquet_bytes, read_table
-from darkhalo.outputs import atomic_write_bytes, run_stage, write_json
-from darkhalo.params import load_params
-from darkhalo.split import assignment_table, split_config, summarise_split
+from darkhalo.io.dataset import parquet_bytes, read_table
+from darkhalo.core.outputs import atomic_write_bytes, run_stage, write_json
+from darkhalo.core.params import load_params
+from darkhalo.sim.split import assignment_table, split_config, summarise_split
 
 ROW_GROUP_ROWS = 65536
 MAX_QUIET_DEVIATION = 0.02   # warn above this |achieved - declared| fraction (data_gates enforces its tolerance)

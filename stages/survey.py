@@ -5,7 +5,7 @@ and ``metrics/survey.json``.  ``survey.mode``: ``embedded`` simulates the
 parents; shards are pure functions of (params, shard index), rendered on
 ``runtime.engine``: a local process pool or Spark (``--out`` may then be an
 ``s3://`` / ``s3a://`` prefix).  ``manifest`` and ``targets`` read the users'
-cutouts or fetch them (darkhalo/real_parents.py).
+cutouts or fetch them (darkhalo/sim/real_parents.py).
 """
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import argparse
 
 import numpy as np
 
-from darkhalo.dataset import read_table, write_parquet
-from darkhalo.outputs import run_stage, write_json
-from darkhalo.parallel import join_uri, map_shards, shard_output
-from darkhalo.params import load_params
-from darkhalo.survey import CATALOGUE_FIELDS, SurveyConfig, simulate_parents, sky_patches, summarise_survey, survey_config
+from darkhalo.io.dataset import read_table, write_parquet
+from darkhalo.core.outputs import run_stage, write_json
+from darkhalo.io.parallel import join_uri, map_shards, shard_output
+from darkhalo.core.params import load_params
+from darkhalo.sim.survey import CATALOGUE_FIELDS, SurveyConfig, simulate_parents, sky_patches, summarise_survey, survey_config
 
 
 def render_shard(config: SurveyConfig, patches: np.ndarray, shard: int, out_dir: str) -> int:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = survey_config(load_params(args.params), args.params)
     if config.mode != "embedded":
-        from darkhalo.real_parents import manifest_parents, summarise_real, target_parents
+        from darkhalo.sim.real_parents import manifest_parents, summarise_real, target_parents
 
         with shard_output(args.out, "local", 1) as tmp:
             source = (manifest_parents if config.mode == "manifest" else target_parents)(config, tmp, args.params)

@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from darkhalo.dataset import Chunk, iter_chunks, stamps_of
-from darkhalo.gallery import gallery_png
-from darkhalo.outputs import atomic_write_bytes, run_stage
-from darkhalo.params import POSITIVE, build, load_params, section
+from darkhalo.io.dataset import Chunk, iter_chunks, stamps_of
+from darkhalo.io.gallery import gallery_png
+from darkhalo.core.outputs import atomic_write_bytes, run_stage
+from darkhalo.core.params import POSITIVE, build, load_params, section
 
 LABEL_COLUMNS = ["parent_id", "lrg_type", "lrg_mag_r", "sim_defect", "bad_pixel_frac", "cutout_ok", "stamp_size"]
 

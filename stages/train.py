@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from darkhalo.dataset import content_hash, read_table
-from darkhalo.models import import_gen5_checkpoint
-from darkhalo.outputs import atomic_dir, run_stage, write_json
-from darkhalo.params import load_params
-from darkhalo.stats import rate_with_interval
-from darkhalo.survey import survey_config
-from darkhalo.training import (MetadataTransform, checkpoint_dict, distributed_context, load_stamps,
+from darkhalo.io.dataset import content_hash, read_table
+from darkhalo.ml.models import import_gen5_checkpoint
+from darkhalo.core.outputs import atomic_dir, run_stage, write_json
+from darkhalo.core.params import load_params
+from darkhalo.core.stats import rate_with_interval
+from darkhalo.sim.survey import survey_config
+from darkhalo.ml.training import (MetadataTransform, checkpoint_dict, distributed_context, load_stamps,
                                mix_hard_negatives, seed_file_name, take, train_config, train_model)
 
 
@@ -84,7 +84,7 @@ def run(argv: list[str] | None = None) -> None:
                                 threads=config.threads)
             train, n_hard = mix_hard_negatives(train, hard, config.hard_negative_frac, seed)
         if config.max_train_rows and len(train) > config.max_train_rows:
-            from darkhalo.rng import keyed_rng
+            from darkhalo.core.rng import keyed_rng
 
             keep = np.sort(keyed_rng(seed, f"train:{gen}:subsample").choice(len(train), config.max_train_rows,
                                                                              replace=False))

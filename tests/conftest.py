@@ -120,7 +120,7 @@ def tiny_assignment(tiny_survey, tmp_path_factory) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from darkhalo.dataset import read_table
+    from darkhalo.io.dataset import read_table
 
     cat = read_table(str(tiny_survey), columns=["parent_id", "ra", "dec"])
     pix = hp.ang2pix(32, cat.column("ra").to_numpy(), cat.column("dec").to_numpy(), nest=True, lonlat=True)
@@ -204,10 +204,10 @@ def injection_table(project: Path, *, replicates: int = 2, ring_radius_pix: floa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from darkhalo.dataset import Chunk, read_table, stamps_of
-    from darkhalo.normalize import core_mask
-    from darkhalo.stamps import PIXEL_COLUMNS, StampBatch, native_columns
-    from darkhalo.units import BANDS
+    from darkhalo.io.dataset import Chunk, read_table, stamps_of
+    from darkhalo.physics.normalize import core_mask
+    from darkhalo.io.stamps import PIXEL_COLUMNS, StampBatch, native_columns
+    from darkhalo.core.units import BANDS
 
     survey = read_table(str(project / "data" / "survey")).sort_by("parent_id")
     assignment = pq.read_table(project / "data" / "split" / "assignment.parquet").sort_by("parent_id")
@@ -272,7 +272,7 @@ def injection_table(project: Path, *, replicates: int = 2, ring_radius_pix: floa
 
 def write_manifest(table, root: Path, row_group_rows: int = 32) -> Path:
     """Write ``table`` hive-partitioned by region_split (as inject@<generation> does); returns ``root``."""
-    from darkhalo.dataset import write_hive
+    from darkhalo.io.dataset import write_hive
 
     write_hive(table, root, ["region_split"], row_group_rows)
     return root
@@ -425,7 +425,7 @@ def report_numbers_mismatching(report_path: Path, root: Path) -> tuple[int, list
 
     import yaml
 
-    from darkhalo.report import format_value, resolve_pointer
+    from darkhalo.report.render import format_value, resolve_pointer
 
     lines = Path(report_path).read_text().splitlines()
     sidecar = json.loads((Path(report_path).with_suffix("") / "sources.json").read_text())

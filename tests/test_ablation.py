@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from darkhalo.ablation import queue_commands
-from darkhalo.params import ParamError
+from darkhalo.eval.ablation import queue_commands
+from darkhalo.core.params import ParamError
 
 
 def repo_params() -> dict:
@@ -40,7 +40,7 @@ def test_collect_reads_the_finished_experiments_and_says_not_measured_for_the_re
     import os
     import subprocess
 
-    from darkhalo.ablation import collect
+    from darkhalo.eval.ablation import collect
 
     def run(*args):
         subprocess.run(args, cwd=tmp_path, check=True, capture_output=True,

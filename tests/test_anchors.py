@@ -6,13 +6,13 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_params
-from darkhalo.anchors import (AnchorPositionError, CentreGalaxyError, anchors_config, angular_separation_arcsec,
+from darkhalo.sim.anchors import (AnchorPositionError, CentreGalaxyError, anchors_config, angular_separation_arcsec,
                               check_positions, lenscat_csv_path, measure_anchor, read_lenscat,
                               require_centre_galaxies, select_catalogue)
-from darkhalo.footprint import DEC_MAX_DEG, galactic_latitude_deg
-from darkhalo.params import ParamError
-from darkhalo.stamps import stamps_from_native
-from darkhalo.survey import simulate_parents, sky_patches, survey_config
+from darkhalo.sim.footprint import DEC_MAX_DEG, galactic_latitude_deg
+from darkhalo.core.params import ParamError
+from darkhalo.io.stamps import stamps_from_native
+from darkhalo.sim.survey import simulate_parents, sky_patches, survey_config
 from test_visibility import arc_image
 
 

@@ -10,13 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import cutout_fits_bytes, run_on_other_cpu, tiny_params, write_params
-from darkhalo.anchors import (ANCHOR_PARENT_ID_BASE, AnchorCheckError, AnchorPositionError, anchors_config,
+from darkhalo.sim.anchors import (ANCHOR_PARENT_ID_BASE, AnchorCheckError, AnchorPositionError, anchors_config,
                               read_lenscat, select_anchors)
-from darkhalo.dataset import read_table
-from darkhalo.injection import arc_snr, good_pixels, render_columns
-from darkhalo.params import ParamError
-from darkhalo.split import pixel_of
-from darkhalo.stamps import stamps_from_native
+from darkhalo.io.dataset import read_table
+from darkhalo.sim.injection import arc_snr, good_pixels, render_columns
+from darkhalo.core.params import ParamError
+from darkhalo.sim.split import pixel_of
+from darkhalo.io.stamps import stamps_from_native
 from stages import anchors as stage
 
 PATH = "/viewer/cutout.fits"
@@ -113,7 +113,7 @@ def test_rows_redraw_their_arcs_from_their_injection_columns(stage_run):
     assert cols["src_clump_dx_arcsec"].shape == (table.num_rows, 2)
     params = anchor_params()
     engine = params["inject"]
-    from darkhalo.lensing import RenderSettings
+    from darkhalo.physics.lensing import RenderSettings
 
     settings = RenderSettings(64, int(cols["supersample"][0]), float(cols["moffat_beta"][0]), 0.262,
                               engine["tile_pix"], engine["refine_rel"])

@@ -16,14 +16,14 @@ import pytest
 import yaml
 
 from conftest import REPO, report_numbers_mismatching
-from darkhalo import metrics as M
-from darkhalo.compare import BenchmarkMismatch, CompareConfig, compare, compare_config, generation
-from darkhalo.judgement import conclusion, rounded, settled
-from darkhalo.evaluation import EvaluateConfig, model_gates, summarise
-from darkhalo.outputs import write_json
-from darkhalo.params import ParamError
-from darkhalo.report import Inputs, ReportConfig, Sources, render, report_config
-from darkhalo.report_figures import make_figures
+from darkhalo.core import metrics as M
+from darkhalo.eval.compare import BenchmarkMismatch, CompareConfig, compare, compare_config, generation
+from darkhalo.eval.judgement import conclusion, rounded, settled
+from darkhalo.eval.evaluation import EvaluateConfig, model_gates, summarise
+from darkhalo.core.outputs import write_json
+from darkhalo.core.params import ParamError
+from darkhalo.report.render import Inputs, ReportConfig, Sources, render, report_config
+from darkhalo.report.figures import make_figures
 
 N_PIX, PARENTS_PER_PIX, N_HN, N_ANCHOR = 40, 10, 60, 40
 SHA = "ab" * 32

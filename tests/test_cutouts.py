@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import cutout_fits_bytes
-from darkhalo.cutouts import CutoutClient, CutoutConfig, CutoutError, parse_cutout_fits
+from darkhalo.io.cutouts import CutoutClient, CutoutConfig, CutoutError, parse_cutout_fits
 
 PATH = "/viewer/cutout.fits"
 
@@ -230,6 +230,6 @@ def test_backoff_is_capped(local_http_server, tmp_path):
 
 
 def _failure():
-    from darkhalo.cutouts import _Failure
+    from darkhalo.io.cutouts import _Failure
 
     return _Failure("http_503", "HTTP 503")

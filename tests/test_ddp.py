@@ -6,9 +6,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from darkhalo.models import build_model
-from darkhalo.rng import keyed_rng
-from darkhalo.training import StampSet, TrainConfig, train_model
+from darkhalo.ml.models import build_model
+from darkhalo.core.rng import keyed_rng
+from darkhalo.ml.training import StampSet, TrainConfig, train_model
 
 
 def tiny_set(n: int, seed: int) -> StampSet:

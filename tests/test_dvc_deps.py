@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from darkhalo.stage_deps import stage_library_files
+from darkhalo.core.stage_deps import stage_library_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def test_every_stage_lists_the_library_files_it_imports():
         missing, extra = sorted(set(derived) - set(declared)), sorted(set(declared) - set(derived))
         if missing or extra:
             problems.append(f"{name}: missing {missing}, not imported {extra}")
-    assert not problems, "dvc.yaml deps drift from imports (python -m darkhalo.stage_deps):\n" + "\n".join(problems)
+    assert not problems, "dvc.yaml deps drift from imports (python -m darkhalo.core.stage_deps):\n" + "\n".join(problems)
 
 
 def test_derivation_follows_function_level_and_relative_imports(tmp_path):

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 
 from conftest import cutout_fits_bytes, write_params
-from darkhalo import galaxy_zoo
-from darkhalo.dataset import read_table
-from darkhalo.params import ParamError
-from darkhalo.survey import sky_patches, survey_config
+from darkhalo.io import galaxy_zoo
+from darkhalo.io.dataset import read_table
+from darkhalo.core.params import ParamError
+from darkhalo.sim.survey import sky_patches, survey_config
 from stages import hard_negatives
 from test_hard_negatives import hn_params, write_assignment
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import gates_params, injection_table, write_manifest, write_params
-from darkhalo.stamps import from_tensor_column, to_legacy_table, to_tensor_array
+from darkhalo.io.stamps import from_tensor_column, to_legacy_table, to_tensor_array
 from stages import data_gates
 from test_gates_planted import failed, nan_in_row, set_pixels
 

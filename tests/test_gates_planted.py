@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import injection_table, write_manifest
-from darkhalo.stamps import from_tensor_column, to_tensor_array
+from darkhalo.io.stamps import from_tensor_column, to_tensor_array
 from stages import data_gates
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import gates_params, injection_table, tiny_params, write_manifest, write_params
 from darkhalo.gates import suites
-from darkhalo.params import ParamError
-from darkhalo.stamps import PIXEL_COLUMNS, to_legacy_table
+from darkhalo.core.params import ParamError
+from darkhalo.io.stamps import PIXEL_COLUMNS, to_legacy_table
 from stages import data_gates, split as split_stage
 
 

@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from darkhalo.gates.core_baseline import NotEnoughData, fold_of_parent, out_of_fold_scores
 from darkhalo.gates.stats import ks_distance, ks_null95, ratio_of_means, roc_auc_delong, standardized_mean_difference
-from darkhalo.stats import wilson_interval
+from darkhalo.core.stats import wilson_interval
 
 
 def test_ks_and_auc_agree_with_scipy_and_sklearn():
@@ -29,7 +29,7 @@ def test_smd_wilson_and_ratio_hand_cases():
     assert standardized_mean_difference(np.ones(5), np.ones(5))[0] == 0.0
     lo, hi = wilson_interval(4, 4)                  # docs/domain.md: 4/4 anchors is not a measurement
     assert lo == pytest.approx(0.5101, abs=1e-4) and hi == 1.0
-    assert np.isnan(wilson_interval(0, 0)).all()   # one definition (darkhalo.stats): no trials, no interval
+    assert np.isnan(wilson_interval(0, 0)).all()   # one definition (darkhalo.core.stats): no trials, no interval
     x = np.array([2.0, 4.0, 6.0])
     ratio, (lo, hi) = ratio_of_means(1.3 * x, np.arange(3), x, np.arange(3))
     assert ratio == pytest.approx(1.3) and lo == pytest.approx(1.3) and hi == pytest.approx(1.3)

@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import assert_same_parquet_files, run_on_other_cpu, tiny_params, write_params
-from darkhalo.dataset import read_table
-from darkhalo.hard_negatives import (CLASSES, HARD_NEGATIVE_PARENT_ID_BASE, hard_negatives_config,
+from darkhalo.io.dataset import read_table
+from darkhalo.sim.hard_negatives import (CLASSES, HARD_NEGATIVE_PARENT_ID_BASE, hard_negatives_config,
                                      simulate_hard_negatives)
-from darkhalo.params import ParamError
-from darkhalo.split import read_split_map
-from darkhalo.survey import CATALOGUE_FIELDS, sky_patches, survey_config
+from darkhalo.core.params import ParamError
+from darkhalo.sim.split import read_split_map
+from darkhalo.sim.survey import CATALOGUE_FIELDS, sky_patches, survey_config
 from stages import hard_negatives
 
 SPLIT_OF_PATCH = ["train", "train", "val", "test", "guard", None]   # None: a pixel the split never assigned

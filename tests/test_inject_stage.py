@@ -8,13 +8,13 @@ import pyarrow as pa
 import pytest
 
 from conftest import assert_same_parquet_files, run_on_other_cpu, tiny_params, write_params
-from darkhalo.dataset import iter_chunks, stamps_of
-from darkhalo.injection import engine_settings, ks_distance_to_target, render_columns
-from darkhalo.lensing import RenderSettings
-from darkhalo.lenstronomy_reference import redraw_arc
-from darkhalo.params import ParamError
-from darkhalo.priors import parse_prior
-from darkhalo.stamps import PIXEL_COLUMNS
+from darkhalo.io.dataset import iter_chunks, stamps_of
+from darkhalo.sim.injection import engine_settings, ks_distance_to_target, render_columns
+from darkhalo.physics.lensing import RenderSettings
+from darkhalo.physics.lenstronomy_reference import redraw_arc
+from darkhalo.core.params import ParamError
+from darkhalo.sim.priors import parse_prior
+from darkhalo.io.stamps import PIXEL_COLUMNS
 from stages import inject
 
 @pytest.fixture(scope="module")

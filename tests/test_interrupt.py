@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 
 from conftest import REPO, tiny_params, write_params
-from darkhalo.outputs import atomic_dir, atomic_write_bytes, sweep_stale_temps
+from darkhalo.core.outputs import atomic_dir, atomic_write_bytes, sweep_stale_temps
 from stages import survey
 
 SURVEY = {"n_parents": 200, "shard_rows": 20}   # 10 shards on a 2-worker pool

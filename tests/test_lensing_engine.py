@@ -6,10 +6,10 @@ import pytest
 import torch
 from scipy import integrate
 
-from darkhalo.injection import render_columns
-from darkhalo.lensing import RenderSettings, sersic_unit_sb
-from darkhalo.lenstronomy_reference import random_arc_rows, redraw_arc, rows_to_columns
-from darkhalo.profiles import sersic_sb_at_reff
+from darkhalo.sim.injection import render_columns
+from darkhalo.physics.lensing import RenderSettings, sersic_unit_sb
+from darkhalo.physics.lenstronomy_reference import random_arc_rows, redraw_arc, rows_to_columns
+from darkhalo.physics.profiles import sersic_sb_at_reff
 
 
 @pytest.mark.parametrize("n_clumps,n_rows,seed", [(0, 150, 1), (2, 60, 2)])

@@ -1,4 +1,4 @@
-"""Evaluation statistics (darkhalo.metrics): hand-computed cases, sklearn as the AUC/ROC oracle."""
+"""Evaluation statistics (darkhalo.core.metrics): hand-computed cases, sklearn as the AUC/ROC oracle."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from darkhalo import metrics as M
-from darkhalo.stats import mean_with_interval, rate_with_interval, wilson_interval
+from darkhalo.core import metrics as M
+from darkhalo.core.stats import mean_with_interval, rate_with_interval, wilson_interval
 
 # Hand case with ties. Positives 0.9 0.8 0.7 0.7 0.4; negatives 0.7 0.6 0.3 0.2.
 HAND_POS = [0.9, 0.8, 0.7, 0.7, 0.4]

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import injection_table, write_manifest
-from darkhalo.dataset import Chunk, read_table, stamps_of
-from darkhalo.inference import PreprocessingMismatch, Scorer
-from darkhalo.models import build_model
-from darkhalo.normalize import (DEFAULT_NORMALIZATION, RESIDUAL, Normalization, arc_snr_survival, core_mask,
+from darkhalo.io.dataset import Chunk, read_table, stamps_of
+from darkhalo.ml.inference import PreprocessingMismatch, Scorer
+from darkhalo.ml.models import build_model
+from darkhalo.physics.normalize import (DEFAULT_NORMALIZATION, RESIDUAL, Normalization, arc_snr_survival, core_mask,
                                 normalization_from_dict, normalize)
-from darkhalo.training import MetadataTransform, StampSet, TrainConfig, checkpoint_dict, train_model
+from darkhalo.ml.training import MetadataTransform, StampSet, TrainConfig, checkpoint_dict, train_model
 from test_gates_planted import audit, failed
 
 RESIDUAL_32 = Normalization(name=RESIDUAL, crop_pix=32)
@@ -109,7 +109,7 @@ def test_the_model_input_figures_block_and_the_raw_ones_are_reported(gates_proje
 def test_brightness_support_fails_when_hard_negatives_outshine_the_positives(gates_project, clean_table, tmp_path):
     import pyarrow as pa
 
-    from darkhalo.dataset import write_hive
+    from darkhalo.io.dataset import write_hive
 
     n = 60
     split = np.where(np.arange(n) % 3 == 0, "val", "train")

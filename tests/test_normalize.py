@@ -1,4 +1,4 @@
-"""The shared robust normalisation (darkhalo/normalize.py): definition, parameters, checkpoint round trip."""
+"""The shared robust normalisation (darkhalo/physics/normalize.py): definition, parameters, checkpoint round trip."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from darkhalo.normalize import (DEFAULT_NORMALIZATION, RESIDUAL, Normalization, core_mask, normalization_from_dict,
+from darkhalo.physics.normalize import (DEFAULT_NORMALIZATION, RESIDUAL, Normalization, core_mask, normalization_from_dict,
                                 normalize, outer_mask, robust_stats)
 
 

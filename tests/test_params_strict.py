@@ -9,21 +9,21 @@ import pytest
 import yaml
 
 from conftest import REPO, gates_params, review_params, tiny_params, write_params
-from darkhalo.anchors import SIMULATION_KEYS, AnchorsConfig
-from darkhalo.compare import CompareConfig
-from darkhalo.cutouts import CutoutConfig
-from darkhalo.evaluation import EvaluateConfig, evaluate_config
-from darkhalo.anchors import anchors_config
-from darkhalo.galaxy_zoo import GalaxyZooConfig, galaxy_zoo_config
+from darkhalo.sim.anchors import SIMULATION_KEYS, AnchorsConfig
+from darkhalo.eval.compare import CompareConfig
+from darkhalo.io.cutouts import CutoutConfig
+from darkhalo.eval.evaluation import EvaluateConfig, evaluate_config
+from darkhalo.sim.anchors import anchors_config
+from darkhalo.io.galaxy_zoo import GalaxyZooConfig, galaxy_zoo_config
 from darkhalo.gates.config import GatesConfig
-from darkhalo.hard_negatives import HardNegativesConfig, hard_negatives_config
-from darkhalo.injection import EngineSettings, benchmark_spec, engine_settings, generation_spec
-from darkhalo.params import EACH, SCHEMA, TRAIN, ParamError, check_keys, load_params
-from darkhalo.report import ReportConfig
-from darkhalo.runtime import Runtime, runtime_config
-from darkhalo.split import SplitConfig, split_config
-from darkhalo.survey import SurveyConfig, survey_config
-from darkhalo.training import TrainConfig, train_config
+from darkhalo.sim.hard_negatives import HardNegativesConfig, hard_negatives_config
+from darkhalo.sim.injection import EngineSettings, benchmark_spec, engine_settings, generation_spec
+from darkhalo.core.params import EACH, SCHEMA, TRAIN, ParamError, check_keys, load_params
+from darkhalo.report.render import ReportConfig
+from darkhalo.core.runtime import Runtime, runtime_config
+from darkhalo.sim.split import SplitConfig, split_config
+from darkhalo.sim.survey import SurveyConfig, survey_config
+from darkhalo.ml.training import TrainConfig, train_config
 from stages.survey_gallery import GalleryConfig
 
 GENERATION_KEYS = ("arc_snr_target, gates_blocking, label, n_candidates, n_clumps, priors, replicates, "
@@ -78,7 +78,7 @@ def test_schema_lists_exactly_the_dataclass_fields(keys, cls, extra):
     for key in keys:
         schema = schema[key]
     fields = {f.name for f in dataclasses.fields(cls)}
-    assert set(schema) - extra == fields - extra, f"darkhalo/params.py SCHEMA{list(keys)} differs from {cls.__name__}"
+    assert set(schema) - extra == fields - extra, f"darkhalo/core/params.py SCHEMA{list(keys)} differs from {cls.__name__}"
 
 
 def test_schema_of_generation_and_simulation_entries():

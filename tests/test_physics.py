@@ -6,10 +6,10 @@ import pytest
 from scipy import ndimage
 from scipy.special import gammainc, gammaincinv
 
-from darkhalo.dataset import read_table
-from darkhalo.stamps import stamps_from_native
-from darkhalo.survey import SurveyConfig, simulate_parents, sky_patches
-from darkhalo.units import PIXEL_SCALE_ARCSEC, depth_mag_from_psfdepth, psfdepth_from_depth_mag
+from darkhalo.io.dataset import read_table
+from darkhalo.io.stamps import stamps_from_native
+from darkhalo.sim.survey import SurveyConfig, simulate_parents, sky_patches
+from darkhalo.core.units import PIXEL_SCALE_ARCSEC, depth_mag_from_psfdepth, psfdepth_from_depth_mag
 
 QUIET = dict(galaxy_density_r22_per_deg2=0.0, star_density_r22_per_deg2=0.0, masked_stamp_frac=0.0,
              nan_stamp_frac=0.0, missing_band_frac=0.0)
@@ -83,8 +83,8 @@ def test_depth_conversions_round_trip():
 
 
 def test_survey_metrics_and_population_match_design(tiny_survey):
-    from darkhalo.population import draw_deflector
-    from darkhalo.units import mag_from_flux_nmgy
+    from darkhalo.sim.population import draw_deflector
+    from darkhalo.core.units import mag_from_flux_nmgy
 
     rng = np.random.default_rng(3)
     rows = [draw_deflector(rng, 0.0) for _ in range(20000)]

@@ -68,7 +68,7 @@ def test_dvc_repro_runs_then_is_cached_and_clean(tmp_path):
     assert "Data and pipelines are up to date" in run(dvc + ["status"], root)
 
     # editing the report code invalidates the report stage only (per-stage library deps)
-    report_py = root / "darkhalo" / "report.py"
+    report_py = root / "darkhalo" / "report" / "render.py"
     report_py.write_text(report_py.read_text() + "\n# a reviewer's edit\n")
     status = run(dvc + ["status"], root)
     changed = {line.strip().rstrip(":") for line in status.splitlines() if line and not line[0].isspace()}

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from conftest import copy_project, cutout_fits_bytes, tiny_params, write_params
 
-from darkhalo.dataset import content_hash, read_table, write_parquet
-from darkhalo.stamps import StampBatch, legacy_blobs, stamps_from_native
+from darkhalo.io.dataset import content_hash, read_table, write_parquet
+from darkhalo.io.stamps import StampBatch, legacy_blobs, stamps_from_native
 from stages import survey
 
 # What the users' legacy parent manifests carry (docs/domain.md "The users' data"): depth in r only, no lrg_*.
@@ -100,7 +100,7 @@ def test_manifest_mode_reads_s3_and_writes_the_bytes_of_the_local_manifest(tmp_p
     """A manifest on S3 (moto on 127.0.0.1), as s3:// and s3a://, gives the survey of the same file read locally."""
     from test_s3_remote import BUCKET, CREDENTIALS, s3_server
 
-    from darkhalo.dataset import resolve_uri
+    from darkhalo.io.dataset import resolve_uri
 
     truth = embedded_survey(tmp_path, n_parents=12, shard_rows=12, nan_stamp_frac=0.0, missing_band_frac=0.0)
     manifest = legacy_manifest(tmp_path / "manifest.parquet", truth)

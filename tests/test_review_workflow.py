@@ -154,7 +154,7 @@ def test_gen5p_training_param_reruns_only_gen5p_training_and_after(clone):
     revs = {v["rev"] for v in overlay["data"]["roc"][0]["content"]["data"]["values"]}
     assert len(revs) == 2, revs
     # `make review BASE=HEAD~1`: the comment CI posts (verdict, headline diff, params diff, figures, provenance)
-    run([sys.executable, "-m", "darkhalo.review", "--base", "HEAD~1"], clone)
+    run([sys.executable, "-m", "darkhalo.report.review", "--base", "HEAD~1"], clone)
     text = (clone / "reports" / "review.md").read_text()
     lines = text.splitlines()
     assert lines[0] == "## Lens-finder review" and lines[2].startswith("**gen5p vs gen5** on the frozen benchmark")
@@ -204,7 +204,7 @@ def test_runtime_settings_rerun_nothing(clone):
 
 
 def test_review_verdict_names_the_roles_and_rounds_each_difference_to_its_interval():
-    from darkhalo.judgement import rounded, verdict_lines
+    from darkhalo.eval.judgement import rounded, verdict_lines
 
     summary = {"benchmark": {"sha256": "abc123def456", "positives": 10, "controls": 10},
                "difference": {"auc": {"value": 0.0977, "lo": 0.0902, "hi": 0.1056, "verdict": "better"}},

@@ -2,7 +2,7 @@
 
 The README's command sequence, run for real: `dvc remote add` (bucket URL, in git), `dvc remote modify
 --local` (endpoint and credentials, git-ignored), `dvc push`, `dvc pull` and `dvc repro --pull` in fresh
-clones, then the pushed survey and a hive-partitioned manifest read through `darkhalo.dataset` from
+clones, then the pushed survey and a hive-partitioned manifest read through `darkhalo.io.dataset` from
 `s3://` and `s3a://` URIs.  No AWS variable reaches the dvc commands: the remote's settings come only
 from `.dvc/config` + `.dvc/config.local`.
 """
@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from darkhalo.dataset import read_table, resolve_uri, write_hive
-from darkhalo.stamps import from_tensor_column
+from darkhalo.io.dataset import read_table, resolve_uri, write_hive
+from darkhalo.io.stamps import from_tensor_column
 from test_pipeline_dvc import make_project
 
 BUCKET = "dhs-test"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from darkhalo.selection import SelectionGrid, selection_function
-from darkhalo.units import psfdepth_from_depth_mag
+from darkhalo.eval.selection import SelectionGrid, selection_function
+from darkhalo.core.units import psfdepth_from_depth_mag
 
 GRID = SelectionGrid((0.3, 1.0, 3.0), (0.8, 1.2, 2.2), (23.0, 24.5, 26.0), min_count=20)
 
@@ -63,8 +63,8 @@ def test_rows_without_observing_columns_are_counted_outside_the_grid():
 
 @pytest.mark.parametrize("key", ["selection_theta_e_edges", "selection_psf_fwhm_r_edges"])
 def test_descending_grid_edges_are_refused(key):
-    from darkhalo.evaluation import evaluate_config
-    from darkhalo.params import ParamError
+    from darkhalo.eval.evaluation import evaluate_config
+    from darkhalo.core.params import ParamError
 
     with pytest.raises(ParamError, match=key):
         evaluate_config({"evaluate": {key: [2.0, 1.0]}}, "params.yaml")

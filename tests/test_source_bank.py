@@ -5,9 +5,9 @@ import h5py
 import numpy as np
 import pytest
 
-from darkhalo.injection import render_columns
-from darkhalo.lensing import RenderSettings
-from darkhalo.source_bank import SourceBank, SourceBankError
+from darkhalo.sim.injection import render_columns
+from darkhalo.physics.lensing import RenderSettings
+from darkhalo.io.source_bank import SourceBank, SourceBankError
 
 SCALE = 0.03  # arcsec per bank pixel, as the COSMOS bank
 
@@ -84,7 +84,7 @@ def test_a_generation_can_inject_bank_sources(tmp_path, tiny_survey):
     import pyarrow.parquet as pq
 
     from conftest import tiny_params, write_params
-    from darkhalo.dataset import read_table
+    from darkhalo.io.dataset import read_table
     from stages import inject
 
     bank = make_bank(tmp_path / "bank.h5")

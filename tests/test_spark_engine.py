@@ -2,7 +2,7 @@
 
 One SparkSession for the module, started after moto's S3 server so that its Python workers see the
 server's endpoint and credentials (as executors on EMR see their instance profile).  Java 17+ is
-required: without it the `spark` fixture fails with the message `darkhalo.spark` gives, never skips.
+required: without it the `spark` fixture fails with the message `darkhalo.io.spark` gives, never skips.
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ import pyarrow.fs as pafs
 import pytest
 
 from conftest import REPO, tiny_params, write_params
-from darkhalo import spark as dhs_spark
-from darkhalo.dataset import iter_chunks, read_table, resolve_uri, write_hive
-from darkhalo.normalize import normalize, robust_stats
-from darkhalo.params import ParamError
-from darkhalo.stamps import stamps_from_native, tensor_type, to_tensor_array
-from darkhalo.survey import simulate_parents, sky_patches, survey_config
+from darkhalo.io import spark as dhs_spark
+from darkhalo.io.dataset import iter_chunks, read_table, resolve_uri, write_hive
+from darkhalo.physics.normalize import normalize, robust_stats
+from darkhalo.core.params import ParamError
+from darkhalo.io.stamps import stamps_from_native, tensor_type, to_tensor_array
+from darkhalo.sim.survey import simulate_parents, sky_patches, survey_config
 from stages import inject, survey
 from test_s3_remote import BUCKET, CREDENTIALS, assert_same_rows, s3_server
 
@@ -40,7 +40,7 @@ def s3_endpoint():
 
 @pytest.fixture(scope="module")
 def spark(s3_endpoint):
-    """The session `darkhalo.spark.session` builds (local[2]), shared by the module's tests."""
+    """The session `darkhalo.io.spark.session` builds (local[2]), shared by the module's tests."""
     session = dhs_spark.session(workers=2, app_name="darkhalo-tests")
     assert session.sparkContext.master == "local[2]"
     yield session
@@ -254,6 +254,6 @@ def test_missing_java_fails_loudly_and_pyspark_stays_unimported(tmp_path):
     assert not (tmp_path / "o").exists()
     with pytest.raises(dhs_spark.SparkUnavailable, match=r"JAVA_HOME='/nonexistent' has no bin/java"):
         dhs_spark.java_version({"JAVA_HOME": "/nonexistent", "PATH": os.environ["PATH"]})
-    probe = ("import sys, stages.survey, stages.inject, darkhalo.parallel, darkhalo.spark; "
+    probe = ("import sys, stages.survey, stages.inject, darkhalo.io.parallel, darkhalo.io.spark; "
              "assert 'pyspark' not in sys.modules, 'pyspark imported'")
     subprocess.run([sys.executable, "-c", probe], cwd=REPO, check=True, timeout=300)

@@ -9,16 +9,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import tiny_params, write_params
-from darkhalo.footprint import galactic_latitude_deg
-from darkhalo.params import ParamError
-from darkhalo.split import SplitConfig, assignment_table, split_config, summarise_split
+from darkhalo.sim.footprint import galactic_latitude_deg
+from darkhalo.core.params import ParamError
+from darkhalo.sim.split import SplitConfig, assignment_table, split_config, summarise_split
 from stages import split as split_stage
 
 SPLITS = ("train", "val", "test")
 
 
 def ring_neighbourhood(nside: int, pixel_ring: int, rings: int) -> set:
-    """Pixels (RING) within ``rings`` neighbour steps, computed independently of darkhalo.split."""
+    """Pixels (RING) within ``rings`` neighbour steps, computed independently of darkhalo.sim.split."""
     zone = {int(pixel_ring)}
     for _ in range(rings):
         nb = hp.get_all_neighbours(nside, np.array(sorted(zone)))

@@ -10,9 +10,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from darkhalo.dataset import (CorruptParquetError, iter_chunks, read_table, resolve_uri, stamps_of, write_hive,
+from darkhalo.io.dataset import (CorruptParquetError, iter_chunks, read_table, resolve_uri, stamps_of, write_hive,
                               write_parquet)
-from darkhalo.stamps import (PIXEL_COLUMNS, StampFormatError, decode_npz, encode_npz, from_tensor_column,
+from darkhalo.io.stamps import (PIXEL_COLUMNS, StampFormatError, decode_npz, encode_npz, from_tensor_column,
                              stamps_from_native, to_legacy_table, to_native_table)
 
 

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from conftest import assert_same_parquet_files, run_on_other_cpu, tiny_params, write_params
-from darkhalo.outputs import atomic_dir
-from darkhalo.params import ParamError
+from darkhalo.core.outputs import atomic_dir
+from darkhalo.core.params import ParamError
 from stages import survey, survey_gallery
 
 

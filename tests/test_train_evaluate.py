@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import write_params
-from darkhalo.models import CheckpointMismatch, Gen5ConvNeXt, import_gen5_checkpoint
-from darkhalo.normalize import DEFAULT_NORMALIZATION
-from darkhalo.training import StampSet, load_stamps, train_config, train_model
+from darkhalo.ml.models import CheckpointMismatch, Gen5ConvNeXt, import_gen5_checkpoint
+from darkhalo.physics.normalize import DEFAULT_NORMALIZATION
+from darkhalo.ml.training import StampSet, load_stamps, train_config, train_model
 from stages import benchmark, evaluate, inject, train
 
 
@@ -135,7 +135,7 @@ def test_non_finite_loss_names_the_batch_rows(project):
 
 @pytest.mark.parametrize("architecture, n_metadata", [("resnet18", 0), ("resnet18", 2), ("resnet_small", 0)])
 def test_every_architecture_scores_the_residual_crop(architecture, n_metadata):
-    from darkhalo.models import build_model
+    from darkhalo.ml.models import build_model
 
     torch.manual_seed(0)
     model = build_model(architecture, n_metadata).eval()

@@ -6,13 +6,13 @@ import pytest
 from scipy.signal import fftconvolve
 
 from conftest import tiny_params
-from darkhalo.profiles import pixel_coords_arcsec
-from darkhalo.psf import moffat_kernels
-from darkhalo.stamps import stamps_from_native
-from darkhalo.survey import simulate_parents, sky_patches, survey_config
-from darkhalo.psf import moffat_alpha_pix
-from darkhalo.units import PIXEL_SCALE_ARCSEC
-from darkhalo.visibility import (_linear_solve, _sersic_images, _varpro_jacobian, arc_visibility, arc_visibility_snr,
+from darkhalo.physics.profiles import pixel_coords_arcsec
+from darkhalo.physics.psf import moffat_kernels
+from darkhalo.io.stamps import stamps_from_native
+from darkhalo.sim.survey import simulate_parents, sky_patches, survey_config
+from darkhalo.physics.psf import moffat_alpha_pix
+from darkhalo.core.units import PIXEL_SCALE_ARCSEC
+from darkhalo.physics.visibility import (_linear_solve, _sersic_images, _varpro_jacobian, arc_visibility, arc_visibility_snr,
                                  centre_galaxy, moffat_mge, sersic_mge, tier)
 
 THETA_E = 1.5

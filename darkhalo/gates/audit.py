@@ -36,23 +36,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..dataset import parquet_bytes, read_table
-from ..normalize import Normalization
-from ..outputs import atomic_write_bytes, write_json
-from ..split import SPLITS
-from ..units import BANDS
-from . import report
-from .report import MODEL_INPUT_GATES
-from .columns import PHYSICS_RANGES, QUALITY_COLUMNS
-from .config import GATE_FAMILIES, GatesConfig
-from .contracts import (ROW_CONTRACTS, RowContracts, evaluate_rows, flag_column, id_codes, quarantine_table,
+from darkhalo.io.dataset import parquet_bytes, read_table
+from darkhalo.physics.normalize import Normalization
+from darkhalo.core.outputs import atomic_write_bytes, write_json
+from darkhalo.sim.split import SPLITS
+from darkhalo.core.units import BANDS
+from darkhalo.gates import report
+from darkhalo.gates.report import MODEL_INPUT_GATES
+from darkhalo.gates.columns import PHYSICS_RANGES, QUALITY_COLUMNS
+from darkhalo.gates.config import GATE_FAMILIES, GatesConfig
+from darkhalo.gates.contracts import (ROW_CONTRACTS, RowContracts, evaluate_rows, flag_column, id_codes, quarantine_table,
                         schema_table)
-from .core_baseline import NotEnoughData, out_of_fold_scores
-from .scan import Scan, read_column, scan_manifest
-from .splits import assignment_agreement, fraction_table, pair_table, parent_table, pixel_table, recompute_pixels
-from ..stats import wilson_interval
-from .suites import DEFAULT_DIR, NORM_STATS, load_suite_docs
-from .validate import NOT_EVALUATED_ABSENT, GateResult, TableSpec, run_suites
+from darkhalo.gates.core_baseline import NotEnoughData, out_of_fold_scores
+from darkhalo.gates.scan import Scan, read_column, scan_manifest
+from darkhalo.gates.splits import assignment_agreement, fraction_table, pair_table, parent_table, pixel_table, recompute_pixels
+from darkhalo.core.stats import wilson_interval
+from darkhalo.gates.suites import DEFAULT_DIR, NORM_STATS, load_suite_docs
+from darkhalo.gates.validate import NOT_EVALUATED_ABSENT, GateResult, TableSpec, run_suites
 
 NO_PAIRING = "not evaluated (no pairing key: no parent_id column and gates.pairing_key unset)"
 

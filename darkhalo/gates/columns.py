@@ -11,7 +11,7 @@ may be an integer or a string in either.
 """
 from __future__ import annotations
 
-from ..units import BANDS
+from darkhalo.core.units import BANDS
 
 SPLIT_NAMES = ("train", "val", "test")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..normalize import Normalization
-from ..params import FRACTION, POSITIVE, ParamError, build, section
-from .columns import QUALITY_COLUMNS, QUALITY_PLAUSIBLE_RANGES
+from darkhalo.physics.normalize import Normalization
+from darkhalo.core.params import FRACTION, POSITIVE, ParamError, build, section
+from darkhalo.gates.columns import QUALITY_COLUMNS, QUALITY_PLAUSIBLE_RANGES
 
 POLICIES = ("quarantine", "fail")
 
@@ -34,7 +34,7 @@ class GatesConfig:
     core_flux_ratio_eps: float = 0.05         # gate 1.8: ratio within [1 - eps, 1 + eps]
     split_fraction_tolerance: float = 0.03    # |fraction of rows - declared| per split
     max_unpaired_frac: float = 0.0            # pairs intact: (parent_id, replicate) groups not 1 positive + 1 control
-    normalization_outer_radius_pix: float = 16.0   # gate 1.5 / 1.6: the shared normalisation (darkhalo.normalize)
+    normalization_outer_radius_pix: float = 16.0   # gate 1.5 / 1.6: the shared normalisation (darkhalo.physics.normalize)
     normalization_clip: float = 10.0
     batch_rows: int = 256                     # stamps per streamed pixel chunk
     brightness_quantile: float = 0.95         # brightness support: the positives' arc-S/N quantile ...

@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..units import BANDS
-from .columns import OPTIONAL_COLUMNS, PAIR_COLUMNS, REQUIRED_COLUMNS, kind_of
-from .scan import Scan, read_column
+from darkhalo.core.units import BANDS
+from darkhalo.gates.columns import OPTIONAL_COLUMNS, PAIR_COLUMNS, REQUIRED_COLUMNS, kind_of
+from darkhalo.gates.scan import Scan, read_column
 
 ROW_CONTRACTS = ("1.2:bandset", "1.2:shape", "1.2:bands", "1.2:finite", "1.2:pixel_range", "1.4:noise",
                  "contract:cutout_ok", "contract:sky", "contract:quality_range")

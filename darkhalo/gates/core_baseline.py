@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from ..rng import keyed_rng
+from darkhalo.core.rng import keyed_rng
 
 
 class NotEnoughData(ValueError):

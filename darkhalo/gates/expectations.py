@@ -28,7 +28,7 @@ from great_expectations.expectations.expectation import BatchExpectation
 from great_expectations.expectations.metrics.metric_provider import metric_value
 from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider
 
-from .stats import (auc_null95, ks_distance, ks_null95, ratio_of_means, roc_auc_delong, smd_null95,
+from darkhalo.gates.stats import (auc_null95, ks_distance, ks_null95, ratio_of_means, roc_auc_delong, smd_null95,
                     standardized_mean_difference)
 
 Number = Union[float, SuiteParameterDict]

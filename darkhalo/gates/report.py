@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import math
 
-from ..stats import wilson_interval
-from .validate import GateResult
+from darkhalo.core.stats import wilson_interval
+from darkhalo.gates.validate import GateResult
 
 MODEL_INPUT_GATES = ("1.6", "1.8")   # measured on raw pixels and on the model input; the model input blocks
 

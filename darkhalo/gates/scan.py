@@ -11,7 +11,7 @@ per-stamp summary and dropped.  Per stamp and band (g, r, z):
   unmasked pixel (image != 0; Legacy Surveys masks have image = invvar = 0),
   or the whole plane if it is all zero;
 * ``outer_median_nmgy``, ``outer_sigma_nmgy``, ``clip_frac``: the shared
-  normalisation's statistics (darkhalo.normalize) over the outer region
+  normalisation's statistics (darkhalo.physics.normalize) over the outer region
   (r >= 16 px); ``clip_frac`` is the fraction of outer pixels it clips.  The
   clip fraction is taken over the outer region because pixels inside it hold
   the arc, whose clipping is signal, not leakage;
@@ -19,7 +19,7 @@ per-stamp summary and dropped.  Per stamp and band (g, r, z):
 
 With a model-input preprocessing (``input_spec``, the generation's
 ``train.preprocessing``) the same chunk is also turned into what the network
-sees (darkhalo.normalize.normalize) and summarised: ``input_core_rms``
+sees (darkhalo.physics.normalize.normalize) and summarised: ``input_core_rms``
 (root-mean-square of the input inside r < k px: a residual input has zero mean
 by construction, so core *power* is what can differ between the classes) and, for
 the sampled parents, the input's core pixels as gate-1.6 features.
@@ -40,11 +40,11 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from ..dataset import Chunk, iter_chunks, layout_of, open_dataset, resolve_uri, stamps_of
-from ..normalize import Normalization, core_mask, normalize, outer_mask, robust_stats
-from ..rng import parent_sample_mask
-from ..stamps import PIXEL_COLUMNS, StampBatch, StampFormatError, stamps_from_legacy
-from .columns import OPTIONAL_COLUMNS, PAIR_COLUMNS, REQUIRED_COLUMNS, SKY_GROUP_COLUMNS, pairing_key
+from darkhalo.io.dataset import Chunk, iter_chunks, layout_of, open_dataset, resolve_uri, stamps_of
+from darkhalo.physics.normalize import Normalization, core_mask, normalize, outer_mask, robust_stats
+from darkhalo.core.rng import parent_sample_mask
+from darkhalo.io.stamps import PIXEL_COLUMNS, StampBatch, StampFormatError, stamps_from_legacy
+from darkhalo.gates.columns import OPTIONAL_COLUMNS, PAIR_COLUMNS, REQUIRED_COLUMNS, SKY_GROUP_COLUMNS, pairing_key
 
 METADATA_BATCH_ROWS = 1 << 16
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..split import SPLITS, dilate, pixel_of
+from darkhalo.sim.split import SPLITS, dilate, pixel_of
 
 
 def split_codes(region_split: np.ndarray) -> np.ndarray:
@@ -105,7 +105,7 @@ def pair_table(parent_id: np.ndarray, replicate: np.ndarray, is_control: np.ndar
 
 def fraction_table(codes: np.ndarray, declared: dict[str, float]) -> pd.DataFrame:
     """One row per declared split: rows, fraction of rows, declared fraction, |deviation|, Wilson interval."""
-    from ..stats import wilson_interval
+    from darkhalo.core.stats import wilson_interval
 
     n = int((codes >= 0).sum())
     records = []

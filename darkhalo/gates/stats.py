@@ -4,7 +4,7 @@ Two groups are compared with the two-sample KS distance D and the
 standardised mean difference (SMD, pooled SD); classifier separability with
 the ROC AUC and its DeLong interval; core brightness with a ratio of means and
 a cluster-robust (delta-method) interval -- or, with no pairing key, a bootstrap
-interval (rows resampled within each class); rates with Wilson intervals (``darkhalo.stats``,
+interval (rows resampled within each class); rates with Wilson intervals (``darkhalo.core.stats``,
 the one definition: NaN when n = 0).
 
 ``*_null95`` give each statistic's noise level: the value that two samples of
@@ -20,7 +20,7 @@ import math
 import numpy as np
 from scipy.stats import ks_2samp, norm, rankdata
 
-from ..metrics import roc_auc
+from darkhalo.core.metrics import roc_auc
 
 Z95 = float(norm.ppf(0.975))
 KS_C95 = 1.3581  # c(alpha = 0.05) of the two-sample KS test
@@ -83,7 +83,7 @@ def standardized_mean_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, t
 def roc_auc_delong(scores: np.ndarray, labels: np.ndarray) -> tuple[float, tuple[float, float]]:
     """ROC AUC of ``scores`` for ``labels`` (1 = positive) with the DeLong 95% interval.
 
-    AUC = P(score_pos > score_neg) + 0.5 P(tie) (Mann-Whitney; ``darkhalo.metrics.roc_auc``).  The
+    AUC = P(score_pos > score_neg) + 0.5 P(tie) (Mann-Whitney; ``darkhalo.core.metrics.roc_auc``).  The
     interval treats stamps as independent.
     """
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)

@@ -15,7 +15,7 @@ Four data-gate suites, one per gate family, and the model-gate suite:
 * ``priors``: brightness support (the hard negatives' feature S/N inside the
   positives' arc-S/N support);
 * ``model_gates``: gates 1.3 (null injection) and 1.7 (arc-suppressed), run by
-  ``evaluate@<generation>`` over its scores table (darkhalo/evaluation.py).
+  ``evaluate@<generation>`` over its scores table (darkhalo/eval/evaluation.py).
 
 Every expectation carries ``meta``: ``id`` (gate:check), ``gate``, ``check``,
 ``table`` (the table it validates, built by darkhalo.gates.audit), ``needs``
@@ -37,9 +37,9 @@ import os
 import sys
 from pathlib import Path
 
-from ..units import BANDS
-from .columns import INJECTION_COLUMNS, PHYSICS_RANGES, QUALITY_COLUMNS, SPLIT_NAMES
-from .contracts import PIXEL_CONTRACTS, ROW_CONTRACTS, flag_column
+from darkhalo.core.units import BANDS
+from darkhalo.gates.columns import INJECTION_COLUMNS, PHYSICS_RANGES, QUALITY_COLUMNS, SPLIT_NAMES
+from darkhalo.gates.contracts import PIXEL_CONTRACTS, ROW_CONTRACTS, flag_column
 
 SUITE_NAMES = ("contracts", "split", "shortcuts", "priors")   # the data-gate families
 MODEL_SUITE = "model_gates"                          # gates 1.3 and 1.7, over evaluate's scores table
@@ -197,7 +197,7 @@ def suite_json(name: str) -> dict:
     """The JSON document of one suite, as GX 1.x serialises it (validated by building it with GX)."""
     import great_expectations as gx
 
-    from . import expectations  # noqa: F401  (registers the custom expectation types)
+    from darkhalo.gates import expectations  # noqa: F401  (registers the custom expectation types)
 
     gx.get_context(mode="ephemeral")
     suite = gx.ExpectationSuite(name=name, expectations=BUILDERS[name]())
@@ -231,7 +231,7 @@ def load_suite_docs(directory: str | Path = DEFAULT_DIR, names: tuple = SUITE_NA
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    from ..outputs import atomic_write_bytes
+    from darkhalo.core.outputs import atomic_write_bytes
 
     parser = argparse.ArgumentParser(description="Write (or --check) the data-gate suites in expectations/.")
     parser.add_argument("--out", default=str(DEFAULT_DIR))

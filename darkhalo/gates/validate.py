@@ -141,7 +141,7 @@ def _validate_with_gx(pending: list, tables: dict, parameters: dict, results: li
     import great_expectations as gx
     from great_expectations.execution_engine import pandas_execution_engine
 
-    from . import expectations  # noqa: F401  (registers the custom expectation types)
+    from darkhalo.gates import expectations  # noqa: F401  (registers the custom expectation types)
 
     # GX fingerprints every pandas batch below 1 GB with an md5 of the whole frame (a batch marker
     # these gates never read): about a second per 10 million rows and table, so it is switched off.

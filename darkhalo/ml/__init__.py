@@ -1,0 +1,1 @@
+"""The lens finder: architectures, training, the one inference path."""
