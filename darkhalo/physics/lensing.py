@@ -19,6 +19,7 @@ conversion to surface brightness (nmgy/arcsec^2) is in ``sersic_unit_sb`` /
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -57,8 +58,10 @@ def sie_shear_deflection(x, y, p):
     """Deflection (alpha_x, alpha_y) in arcsec of SIE + external shear at image-plane (x, y).
 
     ``x``, ``y`` broadcast against the (N, 1, 1) parameter tensors in ``p``.  Follows
-    lenstronomy's SIE (Keeton & Kochanek 1998 with b = theta_E sqrt(q)); for
-    q -> 1 the arctan/arctanh ratios use their series so float32 stays exact.
+    lenstronomy's SIE (Keeton & Kochanek 1998 with b = theta_E sqrt(q)).  As q -> 1 the
+    ratios atan(e u)/e and atanh(e w)/e tend to u and w (|u|, |w| <= 1/q): e is floored at
+    1e-4, and atanh(z) is evaluated as log1p(2z/(1-z))/2, whose float32 error stays relative
+    to z (log((1+z)/(1-z)), which compiled atanh uses, loses it as z -> 0).
     """
     def col(key):
         return p[key]
@@ -75,7 +78,8 @@ def sie_shear_deflection(x, y, p):
     ecc = torch.sqrt((1.0 - q * q).clamp_min(1e-8))
     b_over_e = col("theta_e_arcsec") * torch.sqrt(q) / ecc
     ax_m = b_over_e * torch.atan(ecc * xm / psi)
-    ay_m = b_over_e * torch.atanh((ecc * ym / psi).clamp(-0.9999999, 0.9999999))
+    z = (ecc * ym / psi).clamp(-0.9999999, 0.9999999)
+    ay_m = 0.5 * b_over_e * torch.log1p(2.0 * z / (1.0 - z))
     ax = cos_p * ax_m - sin_p * ay_m
     ay = sin_p * ax_m + cos_p * ay_m
     g1 = col("shear") * torch.cos(2 * col("shear_phi_rad"))
@@ -95,9 +99,7 @@ def sersic_unit_sb(bx, by, p):
     ys = -sin_p * dx + cos_p * dy
     radius = torch.sqrt(q * xs * xs + ys * ys / q).clamp_min(1e-5)
     bn = sersic_b(n)
-    two_n = 2.0 * n
-    log_norm = (math.log(2.0 * math.pi) + torch.log(n) + 2.0 * torch.log(re) + bn + torch.lgamma(two_n)
-                - two_n * torch.log(bn))
+    log_norm = sersic_log_norm(n, re)
     # the exponent is floored at EXP_FLOOR: torch's exp is ~20x slower on underflowing (denormal)
     # arguments, and exp(-80) is 1e-35 of a unit-flux profile's peak
     return torch.exp((-bn * (torch.pow(radius / re, 1.0 / n) - 1.0) - log_norm).clamp_min(EXP_FLOOR))
@@ -144,8 +146,21 @@ def moffat_kernels_torch(fwhm_arcsec, settings: RenderSettings):
 
 
 def fft_size(settings: RenderSettings) -> int:
-    """Power-of-two FFT size for linear (non-wrapping) convolution of a stamp with a stamp-sized PSF."""
-    return 1 << (2 * settings.stamp_size - 2).bit_length()
+    """FFT size (px) for convolving a stamp with a stamp-sized PSF: the smallest 2^a 3^b 5^c >= stamp + kernel
+    half-width, so no kernel wraps around into the stamp (96 for 64-px stamps)."""
+    half = (settings.stamp_size - 1) // 2
+    n = settings.stamp_size + half
+    while _smooth_part(n) != 1:
+        n += 1
+    return n
+
+
+def _smooth_part(n: int) -> int:
+    """n with its factors 2, 3 and 5 divided out."""
+    for f in (2, 3, 5):
+        while n % f == 0:
+            n //= f
+    return n
 
 
 def moffat_transfer(fwhm_arcsec, settings: RenderSettings):
@@ -166,40 +181,36 @@ def moffat_transfer(fwhm_arcsec, settings: RenderSettings):
         return torch.fft.rfft2(centred)
     m = int(beta - 1.5)  # nu = m + 1/2
     alpha_pix = fwhm_arcsec / settings.pixel_scale_arcsec / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
-    fy = torch.fft.fftfreq(n, device=fwhm_arcsec.device)[:, None]
-    fx = torch.fft.rfftfreq(n, device=fwhm_arcsec.device)[None, :]
-    z = 2.0 * math.pi * alpha_pix[..., None, None] * torch.sqrt(fx * fx + fy * fy)
+    z = _frequency_radius(n, str(fwhm_arcsec.device)) * (2.0 * math.pi * alpha_pix)[..., None, None]
     # 2 (z/2)^nu K_nu(z) / Gamma(nu) = sqrt(pi) z^m e^-z sum_j c_j (2z)^-j / (2^(m) Gamma(nu)), in powers of z
-    coeffs = [math.factorial(m + j) / (math.factorial(j) * math.factorial(m - j)) / 2**j for j in range(m + 1)]
-    poly = sum(c * z ** (m - j) for j, c in enumerate(coeffs))
     norm = math.sqrt(math.pi) / (2**m * math.gamma(beta - 1.0))
-    return norm * poly * torch.exp(-z)
+    coeffs = [norm * math.factorial(m + j) / (math.factorial(j) * math.factorial(m - j)) / 2**j for j in range(m + 1)]
+    poly = torch.full_like(z, coeffs[0])
+    for c in coeffs[1:]:   # Horner: ((c0 z + c1) z + c2) ...
+        poly.mul_(z).add_(c)
+    return poly.mul_(z.neg_().exp_())
 
 
-def convolve_with_transfer(spectra, transfer, size: int):
-    """Inverse FFT of image spectra x PSF transfer functions, cropped to the (size, size) stamp."""
-    return torch.fft.irfft2(spectra * transfer, s=(transfer.shape[-2], transfer.shape[-2]))[..., :size, :size]
+@functools.lru_cache(maxsize=8)
+def _frequency_radius(n: int, device: str):
+    """|f| (cycles per pixel) on the (n, n//2+1) rfft2 grid."""
+    fy = torch.fft.fftfreq(n, device=device)[:, None]
+    fx = torch.fft.rfftfreq(n, device=device)[None, :]
+    return torch.sqrt(fx * fx + fy * fy)
 
 
-def _component_sb(x, y, cols, source_images, source_pixel_scale_arcsec):
-    """Unit-flux surface brightness (arcsec^-2) of each source component at image-plane (x, y).
+def convolve_with_transfer(images, transfer, size: int):
+    """Images (..., size, size) convolved with PSFs given as rfft2 transfer functions (..., n, n//2+1)."""
+    n = transfer.shape[-2]
+    spectra = torch.fft.rfft2(images, s=(n, n))
+    torch.view_as_real(spectra).mul_(transfer[..., None])   # real transfer: no complex product
+    return torch.fft.irfft2(spectra, s=(n, n))[..., :size, :size]
 
-    ``cols`` holds (N, 1, 1) parameter tensors (one row per stamp or per tile).
-    Returns (N, C, h, w): component 0 is the Sersic (or pixelised) source, 1..K the clumps.
-    """
+
+def _pixelised_sb(x, y, cols, source_images, source_pixel_scale_arcsec):
+    """Unit-flux surface brightness (arcsec^-2) (N, 1, h, w) of pixelised sources at image-plane (x, y)."""
     ax, ay = sie_shear_deflection(x, y, cols)
-    bx, by = x - ax, y - ay
-    if source_images is None:
-        parts = [sersic_unit_sb(bx, by, cols)]
-    else:
-        parts = [pixelised_unit_sb(bx, by, cols, source_images, source_pixel_scale_arcsec)]
-    if "clump_dx_arcsec" in cols:
-        cx = cols["src_x_arcsec"] + cols["clump_dx_arcsec"]  # (N, K, 1)
-        cy = cols["src_y_arcsec"] + cols["clump_dy_arcsec"]
-        for c in range(cx.shape[1]):
-            parts.append(gaussian_unit_sb(bx, by, cx[:, c:c + 1], cy[:, c:c + 1],
-                                          cols["clump_sigma_arcsec"][:, c:c + 1]))
-    return torch.stack(parts, dim=1)
+    return pixelised_unit_sb(x - ax, y - ay, cols, source_images, source_pixel_scale_arcsec)[:, None]
 
 
 def _binned(sb, supersample, pixel_scale_arcsec):
@@ -209,12 +220,122 @@ def _binned(sb, supersample, pixel_scale_arcsec):
     return sb.reshape(n, c, hs // s, s, ws // s, s).sum(dim=(3, 5)) * (pixel_scale_arcsec / s) ** 2
 
 
-def _axis(lo_pix, npix, supersample, settings, device):
-    """Sub-pixel centre coordinates (arcsec) of pixels [lo, lo+npix); lo is a (N,) tensor or int."""
-    sub = (torch.arange(npix * supersample, device=device, dtype=torch.float32) + 0.5) / supersample - 0.5
-    centre = (settings.stamp_size - 1) / 2.0
-    return (torch.as_tensor(lo_pix, device=device, dtype=torch.float32)[..., None] + sub - centre) * \
-        settings.pixel_scale_arcsec
+def sersic_log_norm(n, reff_arcsec):
+    """log of a unit-flux Sersic's 1 / I_e (arcsec^2), lenstronomy's b_n: I_e = exp(-this)."""
+    bn = sersic_b(n)
+    return (math.log(2.0 * math.pi) + torch.log(n) + 2.0 * torch.log(reff_arcsec) + bn + torch.lgamma(2.0 * n)
+            - 2.0 * n * torch.log(bn))
+
+
+def trace_coefficients(p: dict) -> dict:
+    """Per-stamp (B,) coefficients of the fused ray-shoot and source evaluation (``unit_fluxes``).
+
+    The source-frame position of an image-plane offset d = (x, y) - lens centre is
+    s = R_src (I - Gamma) d + R_src (lens - src) - R(phi_src - phi_lens) alpha', alpha' the SIE
+    deflection in the lens frame: the two rotations, the shear and the source offset become
+    per-stamp 2x2 matrices, so each sub-pixel costs one multiply-add per term.  The unit-flux
+    normalisations (lenstronomy's b_n) are folded into log terms (arcsec, rad, ln arcsec^-2).
+    """
+    q = p["lens_q"].clamp(max=1.0)
+    ecc = torch.sqrt((1.0 - q * q).clamp_min(1e-8))   # floor: see sie_shear_deflection
+    cl, sl = torch.cos(p["lens_phi_rad"]), torch.sin(p["lens_phi_rad"])
+    b_over_e = p["theta_e_arcsec"] * torch.sqrt(q) / ecc
+    g1 = p["shear"] * torch.cos(2 * p["shear_phi_rad"])
+    g2 = p["shear"] * torch.sin(2 * p["shear_phi_rad"])
+    cs, ss = torch.cos(p["src_phi_rad"]), torch.sin(p["src_phi_rad"])
+    cd, sd = torch.cos(p["src_phi_rad"] - p["lens_phi_rad"]), torch.sin(p["src_phi_rad"] - p["lens_phi_rad"])
+    ox, oy = p["lens_x_arcsec"] - p["src_x_arcsec"], p["lens_y_arcsec"] - p["src_y_arcsec"]
+    n, re, qs = p["src_n_sersic"], p["src_reff_arcsec"], p["src_q"]
+    bn = sersic_b(n)
+    k = {"xe_x": ecc * cl, "xe_y": ecc * sl, "ye_x": -ecc * sl, "ye_y": ecc * cl, "q2": q * q, "ecc": ecc,
+         "m00": cs * (1 - g1) - ss * g2, "m01": ss * (1 + g1) - cs * g2,
+         "m10": -ss * (1 - g1) - cs * g2, "m11": cs * (1 + g1) + ss * g2,
+         "off0": cs * ox + ss * oy, "off1": -ss * ox + cs * oy,
+         # u = atan(e x'/psi) and v = log1p(2w/(1-w)) = 2 atanh(w), w = e y'/psi, enter with these weights
+         "xs_u": -b_over_e * cd, "xs_v": -0.5 * b_over_e * sd, "ys_u": b_over_e * sd, "ys_v": -0.5 * b_over_e * cd,
+         "q_s": qs, "inv_q_s": 1.0 / qs, "half_inv_n": 0.5 / n, "log_re_over_n": -torch.log(re) / n, "neg_bn": -bn,
+         "sersic_log": bn - sersic_log_norm(n, re)}
+    if "clump_dx_arcsec" in p:   # (B, K): clump centres in the source frame, Gaussian exponents
+        dxc, dyc, sig = p["clump_dx_arcsec"], p["clump_dy_arcsec"], p["clump_sigma_arcsec"]
+        k |= {"clump_x": cs[:, None] * dxc + ss[:, None] * dyc, "clump_y": -ss[:, None] * dxc + cs[:, None] * dyc,
+              "clump_a": -0.5 / sig**2, "clump_log": -torch.log(2.0 * math.pi * sig**2)}
+    return k
+
+
+def unit_fluxes(gx, gy, origin_x, origin_y, k: dict, pixel_area_arcsec2: float):
+    """Flux per pixel (N, C, h, w) of each unit-flux component (Sersic, then clumps) for N cells.
+
+    A cell's sub-pixel offsets (arcsec) from its lens centre are (origin + g): ``gx``, ``gy``
+    (h, w, s, s) are the offsets within a cell (s sub-pixels per pixel axis, the same for every
+    cell), ``origin_x``, ``origin_y`` (N,) each cell's offset from its lens centre; ``k`` holds
+    ``trace_coefficients`` rows shaped (N, 1, 1, 1, 1) (clump ones (N, K, 1, 1, 1)).  The values
+    of sie_shear_deflection + sersic_unit_sb / gaussian_unit_sb, in ~50 in-place passes.
+    """
+    h, w, s = gx.shape[0], gx.shape[1], gx.shape[-1]
+    log_area = math.log(pixel_area_arcsec2)
+    ox, oy = origin_x.view(-1, 1, 1, 1, 1), origin_y.view(-1, 1, 1, 1, 1)
+
+    def affine(kx, ky, c=0.0):
+        """kx (ox + gx) + ky (oy + gy) + c over the cell's sub-pixels."""
+        return torch.addcmul(kx * ox + ky * oy + c, gx, kx).addcmul_(gy, ky)
+
+    xe = affine(k["xe_x"], k["xe_y"])   # e x' in the lens frame, e = sqrt(1 - q^2)
+    ye = affine(k["ye_x"], k["ye_y"])
+    inv = torch.mul(xe, xe).mul_(k["q2"]).addcmul_(ye, ye).clamp_min_(1e-32).rsqrt_().mul_(k["ecc"])   # 1 / psi
+    u = xe.mul_(inv).atan_()
+    ratio = ye.mul_(inv)   # w = e y' / psi in [-1, 1]
+    # atanh(w) as log1p(2w/(1-w)) / 2: exact to float32 rounding as w -> 0 (q -> 1)
+    v = ratio.div_(torch.mul(ratio, -0.5, out=inv).add_(0.5).clamp_min_(6e-8)).log1p_()
+    xs = affine(k["m00"], k["m01"], k["off0"]).addcmul_(u, k["xs_u"]).addcmul_(v, k["xs_v"])
+    ys = affine(k["m10"], k["m11"], k["off1"]).addcmul_(u, k["ys_u"]).addcmul_(v, k["ys_v"])
+    r2 = torch.mul(xs, xs, out=u).mul_(k["q_s"]).addcmul_(torch.mul(ys, k["inv_q_s"], out=v), ys)
+    # ln SB = -b_n (r / R_e)^(1/n) + b_n - ln norm; exponents floored at EXP_FLOOR (see sersic_unit_sb)
+    power = torch.addcmul(k["log_re_over_n"], r2.clamp_min_(1e-10).log_(), k["half_inv_n"], out=r2).exp_()
+    parts = [_exp_binned(torch.addcmul(k["sersic_log"] + log_area, power, k["neg_bn"], out=power), h, w, s)]
+    for c in range(k["clump_x"].shape[1] if "clump_x" in k else 0):
+        r2 = torch.sub(xs, k["clump_x"][:, c:c + 1], out=u).square_()
+        e = torch.sub(ys, k["clump_y"][:, c:c + 1], out=v)
+        r2.addcmul_(e, e)
+        parts.append(_exp_binned(torch.addcmul(k["clump_log"][:, c:c + 1] + log_area, r2, k["clump_a"][:, c:c + 1],
+                                               out=r2), h, w, s))
+    return torch.stack(parts, dim=1)
+
+
+def _exp_binned(log_flux, h, w, s):
+    """exp of sub-pixel log-fluxes (N, h, w, s, s), floored at EXP_FLOOR, summed over each pixel: (N, h, w)."""
+    return log_flux.clamp_min_(EXP_FLOOR).exp_().view(-1, h, w, s * s).sum(-1)
+
+
+CHUNK_POINTS = 1 << 16   # sub-pixels per unit_fluxes call: its ~6 live buffers stay in a core's L2 cache
+
+
+def _cell_grid(npix, ss, settings, device):
+    """Sub-pixel offsets (gx, gy), each (npix, npix, ss, ss) arcsec, from the centre of a cell's first pixel."""
+    sub = (torch.arange(ss, device=device, dtype=torch.float32) + 0.5) / ss - 0.5
+    axis = (torch.arange(npix, device=device, dtype=torch.float32)[:, None] + sub) * settings.pixel_scale_arcsec
+    shape = (npix, npix, ss, ss)
+    return axis[None, :, None, :].expand(shape).contiguous(), axis[:, None, :, None].expand(shape).contiguous()
+
+
+def _cell_origin(lo_pix, settings, lens_arcsec):
+    """Offset (arcsec) of the centre of a cell's first pixel (index ``lo_pix``) from its lens centre."""
+    return (lo_pix.to(torch.float32) - (settings.stamp_size - 1) / 2.0) * settings.pixel_scale_arcsec - lens_arcsec
+
+
+def _render_cells(k, p, idx, lo_x, lo_y, npix, ss, settings):
+    """unit_fluxes (N, C, npix, npix) of cells (stamp ``idx``, first pixel (lo_x, lo_y)), in L2-sized chunks."""
+    per_chunk = max(1, CHUNK_POINTS // (npix * ss) ** 2)
+    area = (settings.pixel_scale_arcsec / ss) ** 2
+    gx, gy = _cell_grid(npix, ss, settings, idx.device)
+    origin_x = _cell_origin(lo_x, settings, p["lens_x_arcsec"][idx])
+    origin_y = _cell_origin(lo_y, settings, p["lens_y_arcsec"][idx])
+    cells = {key: v[idx].view(len(idx), -1, 1, 1, 1) for key, v in k.items()}
+    out = []
+    for lo in range(0, len(idx), per_chunk):
+        part = slice(lo, lo + per_chunk)
+        out.append(unit_fluxes(gx, gy, origin_x[part], origin_y[part], {key: v[part] for key, v in cells.items()},
+                               area))
+    return torch.cat(out)
 
 
 def render_unit_components(p: dict, settings: RenderSettings, source_images=None,
@@ -229,34 +350,40 @@ def render_unit_components(p: dict, settings: RenderSettings, source_images=None
     """
     device = p["theta_e_arcsec"].device
     size, ss, tile_pix = settings.stamp_size, settings.supersample, settings.tile_pix
-    cols = {k: v.reshape(v.shape[0], -1, 1) if v.dim() == 2 else v[:, None, None] for k, v in p.items()
-            if k in LENS_KEYS + SOURCE_KEYS + CLUMP_KEYS}
-    centres = _axis(0, size, 1, settings, device)
-    coarse = _binned(_component_sb(centres[None, None, :], centres[None, :, None], cols, source_images,
-                                   source_pixel_scale_arcsec), 1, settings.pixel_scale_arcsec)
+    n_b = p["theta_e_arcsec"].shape[0]
+    if source_images is None:
+        k = {key: v for key, v in trace_coefficients(p).items()}
+
+        def draw(idx, lo_x, lo_y, npix, sub):
+            return _render_cells(k, p, idx, lo_x, lo_y, npix, sub, settings)
+    else:
+        cols = {key: v[:, None, None] for key, v in p.items() if key in LENS_KEYS + SOURCE_KEYS}
+
+        def draw(idx, lo_x, lo_y, npix, sub):
+            axis = _cell_grid(npix, sub, settings, device)[0][0, :, 0, :].reshape(-1)   # (npix * sub,)
+            origin = torch.zeros(len(idx), device=device)
+            x = (_cell_origin(lo_x, settings, origin)[:, None] + axis)[:, None, :]
+            y = (_cell_origin(lo_y, settings, origin)[:, None] + axis)[:, :, None]
+            sb = _pixelised_sb(x, y, {key: v[idx] for key, v in cols.items()}, source_images[idx],
+                               source_pixel_scale_arcsec)
+            return _binned(sb, sub, settings.pixel_scale_arcsec)
+    everyone = torch.arange(n_b, device=device)
+    corner = torch.zeros(n_b, dtype=torch.long, device=device)
+    coarse = draw(everyone, corner, corner, size, 1)
     if ss == 1:
         return coarse
     if size % tile_pix:
         tile_pix = size
     n_tiles = size // tile_pix
-    n_b, n_c = coarse.shape[:2]
-    tiles = coarse.reshape(n_b, n_c, n_tiles, tile_pix, n_tiles, tile_pix)
+    tiles = coarse.view(n_b, coarse.shape[1], n_tiles, tile_pix, n_tiles, tile_pix)
     peak = coarse.amax(dim=(2, 3))[:, :, None, None]  # (B, C, 1, 1)
     hot = (tiles.amax(dim=(3, 5)) > settings.refine_rel * peak).any(dim=1)  # (B, n_tiles, n_tiles)
     # grow by one tile: a thin arc can slip between the coarse samples of a neighbouring tile
     hot = torch.nn.functional.max_pool2d(hot[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
     b_idx, ty, tx = torch.nonzero(hot, as_tuple=True)
-    if b_idx.numel() == 0:
-        return coarse
-    tile_cols = {k: v[b_idx] for k, v in cols.items()}
-    imgs = None if source_images is None else source_images[b_idx]
-    xs = _axis(tx * tile_pix, tile_pix, ss, settings, device)[:, None, :]
-    ys = _axis(ty * tile_pix, tile_pix, ss, settings, device)[:, :, None]
-    fine = _binned(_component_sb(xs, ys, tile_cols, imgs, source_pixel_scale_arcsec), ss,
-                   settings.pixel_scale_arcsec)  # (T, C, tile, tile)
-    tiles = tiles.permute(0, 2, 4, 1, 3, 5).clone()  # (B, ty, tx, C, tile, tile)
-    tiles[b_idx, ty, tx] = fine
-    return tiles.permute(0, 3, 1, 4, 2, 5).reshape(n_b, n_c, size, size)
+    if b_idx.numel():
+        tiles[b_idx, :, ty, :, tx, :] = draw(b_idx, tx * tile_pix, ty * tile_pix, tile_pix, ss)
+    return coarse
 
 
 def render_arcs(p: dict, settings: RenderSettings, clump_flux_nmgy=None, source_images=None,
@@ -275,8 +402,7 @@ def render_arcs(p: dict, settings: RenderSettings, clump_flux_nmgy=None, source_
     if clump_flux_nmgy is not None and clump_flux_nmgy.shape[1] > 0:
         fluxes = torch.cat([fluxes, clump_flux_nmgy], dim=1)  # (B, C, 3)
     lensed_flux = torch.einsum("bc,bcf->bf", units.sum(dim=(2, 3)), fluxes)
-    # The FFT is linear: transform each unit component once, colour in Fourier space.
-    n = fft_size(settings)
-    spectra = torch.einsum("bcyx,bcf->bfyx", torch.fft.rfft2(units, s=(n, n)), fluxes.to(torch.complex64))
-    arcs = convolve_with_transfer(spectra, moffat_transfer(p["psf_fwhm_arcsec"], settings), settings.stamp_size)
+    # colour the unit components per band, then one FFT, transfer product and inverse FFT per band
+    bands = torch.einsum("bcyx,bcf->bfyx", units, fluxes)
+    arcs = convolve_with_transfer(bands, moffat_transfer(p["psf_fwhm_arcsec"], settings), settings.stamp_size)
     return arcs, lensed_flux
