@@ -13,7 +13,11 @@ Moffat PSFs per stamp):
   * ``lenstronomy_adaptive``: the same on lenstronomy's AdaptiveGrid, supersampled
     on the engine's tile rule (pixel-centre pass, tiles above refine_rel x peak,
     grown by one tile), the mask found per stamp inside the timed region;
-  * ``caustics``: reported as not installed when it cannot be imported.
+  * ``caustics``: caustics (batched torch) as its experts would set it up
+    (benchmarks/caustics_peer.py: functional API, SIE + shear + Sersic + Gaussian clumps,
+    one ray-shoot for the three bands, uniform supersampling, pixel-kernel FFT per band,
+    64 stamps per call, columns prepared outside the timed region as the engine's are);
+    reported as not installed when it cannot be imported.
 Every contestant is built and called once before timing (imports, set-up and
 first-call costs reported under ``first_call``); then ``--rounds`` interleaved
 rounds over all rows, medians of CPU time and wall time.  Agreement: the worst
@@ -39,8 +43,7 @@ from darkhalo.physics.lenstronomy_reference import ArcRenderer, random_arc_rows,
 from darkhalo.core.units import PIXEL_SCALE_ARCSEC  # noqa: E402
 
 N_CLUMPS = 2
-CAUSTICS_NOTE = ("caustics 1.7.1 needs caskade>=0.15 and graphviz>=0.20.1, which this environment lacks; "
-                 "it is not installed (installing it would add dependencies)")
+CAUSTICS_NOTE = "caustics is not installed (requirements.txt pins it: make env)"
 
 
 def engine_settings_from_params(path: str = "params.yaml") -> RenderSettings:
@@ -85,27 +88,39 @@ def main(argv=None):
                                settings.refine_rel)
         return lambda: np.stack([renderer.render(r) for r in rows])
 
+    def caustics():
+        from benchmarks.caustics_peer import CausticsRenderer
+
+        renderer = CausticsRenderer(settings, N_CLUMPS, batch=64)
+        prepared = renderer.columns(rows)
+        return lambda: renderer.render(prepared)
+
     builders = {"engine": lambda: engine(settings), "engine_tile8": lambda: engine(tile8),
                 "lenstronomy_uniform": lambda: lenstronomy(False), "lenstronomy_adaptive": lambda: lenstronomy(True)}
+    has_caustics = importlib.util.find_spec("caustics") is not None
+    if has_caustics:
+        builders["caustics"] = caustics
     first, fns, outputs = {}, {}, {}
     for name, build in builders.items():   # imports, set-up and the first call, outside the timed rounds
         fns[name], setup = _timing.first_call(build)
         outputs[name], call = _timing.first_call(fns[name])
         first[name] = {"setup": setup, "first_call_all_rows": call}
     timings = _timing.interleaved({name: (args.n, fn) for name, fn in fns.items()}, args.rounds)
-    peers = ("lenstronomy_uniform", "lenstronomy_adaptive")
-    caustics_status = "installed, not benchmarked" if importlib.util.find_spec("caustics") else "not installed"
+    peers = ("lenstronomy_uniform", "lenstronomy_adaptive") + (("caustics",) if has_caustics else ())
     result = {
         "ratios": {"engine_vs_" + p: _timing.ratio(timings, "engine", p) for p in peers}
         | {"engine_tile8_vs_" + p: _timing.ratio(timings, "engine_tile8", p) for p in peers}
-        | {"engine_vs_caustics": caustics_status},
-        "absolute": timings | {"caustics": {"status": caustics_status, "note": CAUSTICS_NOTE}},
+        | ({} if has_caustics else {"engine_vs_caustics": "not installed"}),
+        "absolute": timings | ({} if has_caustics else {"caustics": {"status": "not installed", "note": CAUSTICS_NOTE}}),
         "agreement_max_abs_diff_over_peak": {
             **{f"engine_vs_{p}": _timing.max_diff_over_peak(outputs["engine"], outputs[p]) for p in peers},
             "engine_tile8_vs_lenstronomy_uniform": _timing.max_diff_over_peak(outputs["engine_tile8"],
                                                                               outputs["lenstronomy_uniform"]),
             "lenstronomy_adaptive_vs_uniform": _timing.max_diff_over_peak(outputs["lenstronomy_adaptive"],
                                                                           outputs["lenstronomy_uniform"]),
+            **({"caustics_vs_lenstronomy_uniform": _timing.max_diff_over_peak(outputs["caustics"],
+                                                                              outputs["lenstronomy_uniform"])}
+               if has_caustics else {}),
         },
         "first_call": first,
         "config": {"rows": args.n, "rounds": args.rounds, "stamp": "3 x 64 x 64", "clumps": N_CLUMPS,
