@@ -262,58 +262,84 @@ def trace_coefficients(p: dict) -> dict:
     return k
 
 
-def unit_fluxes(gx, gy, origin_x, origin_y, k: dict, pixel_area_arcsec2: float):
+def unit_fluxes(gx, gy, cells: dict):
     """Flux per pixel (N, C, h, w) of each unit-flux component (Sersic, then clumps) for N cells.
 
-    A cell's sub-pixel offsets (arcsec) from its lens centre are (origin + g): ``gx``, ``gy``
-    (h, w, s, s) are the offsets within a cell (s sub-pixels per pixel axis, the same for every
-    cell), ``origin_x``, ``origin_y`` (N,) each cell's offset from its lens centre; ``k`` holds
-    ``trace_coefficients`` rows shaped (N, 1, 1, 1, 1) (clump ones (N, K, 1, 1, 1)).  The values
-    of sie_shear_deflection + sersic_unit_sb / gaussian_unit_sb, in ~50 in-place passes.
+    ``gx``, ``gy`` (s, s, h, w) are the sub-pixel offsets (arcsec) within a cell (s sub-pixels
+    per pixel axis, the same for every cell; sub-pixel index first, so the per-pixel sums add
+    whole (h, w) slabs); ``cells`` holds ``cell_constants`` rows shaped (N, 1, 1, 1, 1).  The
+    values of sie_shear_deflection + sersic_unit_sb / gaussian_unit_sb, in ~50 in-place passes.
     """
-    h, w, s = gx.shape[0], gx.shape[1], gx.shape[-1]
-    log_area = math.log(pixel_area_arcsec2)
-    ox, oy = origin_x.view(-1, 1, 1, 1, 1), origin_y.view(-1, 1, 1, 1, 1)
+    s, h, w = gx.shape[0], gx.shape[2], gx.shape[3]
+    k = cells
 
-    def affine(kx, ky, c=0.0):
-        """kx (ox + gx) + ky (oy + gy) + c over the cell's sub-pixels."""
-        return torch.addcmul(kx * ox + ky * oy + c, gx, kx).addcmul_(gy, ky)
+    def affine(kx, ky, at_origin):
+        """at_origin + kx gx + ky gy over the cells' sub-pixels."""
+        return torch.addcmul(at_origin, gx, kx).addcmul_(gy, ky)
 
-    xe = affine(k["xe_x"], k["xe_y"])   # e x' in the lens frame, e = sqrt(1 - q^2)
-    ye = affine(k["ye_x"], k["ye_y"])
+    xe = affine(k["xe_x"], k["xe_y"], k["xe_0"])   # e x' in the lens frame, e = sqrt(1 - q^2)
+    ye = affine(k["ye_x"], k["ye_y"], k["ye_0"])
     inv = torch.mul(xe, xe).mul_(k["q2"]).addcmul_(ye, ye).clamp_min_(1e-32).rsqrt_().mul_(k["ecc"])   # 1 / psi
     u = xe.mul_(inv).atan_()
-    ratio = ye.mul_(inv)   # w = e y' / psi in [-1, 1]
-    # atanh(w) as log1p(2w/(1-w)) / 2: exact to float32 rounding as w -> 0 (q -> 1)
-    v = ratio.div_(torch.mul(ratio, -0.5, out=inv).add_(0.5).clamp_min_(6e-8)).log1p_()
-    xs = affine(k["m00"], k["m01"], k["off0"]).addcmul_(u, k["xs_u"]).addcmul_(v, k["xs_v"])
-    ys = affine(k["m10"], k["m11"], k["off1"]).addcmul_(u, k["ys_u"]).addcmul_(v, k["ys_v"])
-    r2 = torch.mul(xs, xs, out=u).mul_(k["q_s"]).addcmul_(torch.mul(ys, k["inv_q_s"], out=v), ys)
-    # ln SB = -b_n (r / R_e)^(1/n) + b_n - ln norm; exponents floored at EXP_FLOOR (see sersic_unit_sb)
+    ratio = ye.mul_(inv)   # z = e y' / psi in [-1, 1]
+    # 2 atanh(z) = log1p(x), x = 2z / (1 - z): log of the rounded 1 + x, less the rounding error over
+    # 1 + x, so the result stays exact to float32 rounding relative to x as z -> 0 (q -> 1)
+    x = ratio.div_(torch.mul(ratio, -0.5, out=inv).add_(0.5).clamp_min_(6e-8))
+    one_plus = torch.add(x, 1.0, out=inv)
+    rounding = torch.sub(one_plus, 1.0).sub_(x).div_(one_plus)
+    v = one_plus.log_().sub_(rounding)
+    xs = affine(k["m00"], k["m01"], k["xs_0"]).addcmul_(u, k["xs_u"]).addcmul_(v, k["xs_v"])
+    ys = affine(k["m10"], k["m11"], k["ys_0"]).addcmul_(u, k["ys_u"]).addcmul_(v, k["ys_v"])
+    r2 = torch.mul(xs, xs, out=u).mul_(k["q_s"]).addcmul_(torch.mul(ys, k["inv_q_s"], out=rounding), ys)
+    # ln flux = -b_n (r / R_e)^(1/n) + b_n - ln norm + ln area; exponents floored at EXP_FLOOR (see sersic_unit_sb)
     power = torch.addcmul(k["log_re_over_n"], r2.clamp_min_(1e-10).log_(), k["half_inv_n"], out=r2).exp_()
-    parts = [_exp_binned(torch.addcmul(k["sersic_log"] + log_area, power, k["neg_bn"], out=power), h, w, s)]
-    for c in range(k["clump_x"].shape[1] if "clump_x" in k else 0):
-        r2 = torch.sub(xs, k["clump_x"][:, c:c + 1], out=u).square_()
-        e = torch.sub(ys, k["clump_y"][:, c:c + 1], out=v)
+    parts = [_exp_binned(torch.addcmul(k["sersic_log"], power, k["neg_bn"], out=power), h, w, s)]
+    for c in range(k["n_clumps"]):
+        r2 = torch.sub(xs, k[f"clump_x{c}"], out=u).square_()
+        e = torch.sub(ys, k[f"clump_y{c}"], out=v)
         r2.addcmul_(e, e)
-        parts.append(_exp_binned(torch.addcmul(k["clump_log"][:, c:c + 1] + log_area, r2, k["clump_a"][:, c:c + 1],
-                                               out=r2), h, w, s))
+        parts.append(_exp_binned(torch.addcmul(k[f"clump_log{c}"], r2, k[f"clump_a{c}"], out=r2), h, w, s))
     return torch.stack(parts, dim=1)
 
 
+def cell_constants(k: dict, origin_x, origin_y, pixel_area_arcsec2: float) -> dict:
+    """``trace_coefficients`` rows of N cells (each (N, 1, 1, 1, 1)) with what depends on the cell's origin
+    (offset (arcsec) of its first sub-pixel grid point from its lens centre, (N,)) and on the sub-pixel
+    area (arcsec^2) folded in, once per cell rather than once per pass."""
+    def col(t):
+        return t.reshape(len(origin_x), 1, 1, 1, 1)
+
+    out = {key: col(k[key]) for key in ("xe_x", "xe_y", "ye_x", "ye_y", "q2", "ecc", "m00", "m01", "m10", "m11",
+                                        "xs_u", "xs_v", "ys_u", "ys_v", "q_s", "inv_q_s", "half_inv_n",
+                                        "log_re_over_n", "neg_bn")}
+    log_area = math.log(pixel_area_arcsec2)
+    out |= {"xe_0": col(k["xe_x"] * origin_x + k["xe_y"] * origin_y),
+            "ye_0": col(k["ye_x"] * origin_x + k["ye_y"] * origin_y),
+            "xs_0": col(k["m00"] * origin_x + k["m01"] * origin_y + k["off0"]),
+            "ys_0": col(k["m10"] * origin_x + k["m11"] * origin_y + k["off1"]),
+            "sersic_log": col(k["sersic_log"] + log_area), "n_clumps": k["clump_x"].shape[1] if "clump_x" in k else 0}
+    for c in range(out["n_clumps"]):
+        out |= {f"clump_x{c}": col(k["clump_x"][:, c]), f"clump_y{c}": col(k["clump_y"][:, c]),
+                f"clump_a{c}": col(k["clump_a"][:, c]), f"clump_log{c}": col(k["clump_log"][:, c] + log_area)}
+    return out
+
+
 def _exp_binned(log_flux, h, w, s):
-    """exp of sub-pixel log-fluxes (N, h, w, s, s), floored at EXP_FLOOR, summed over each pixel: (N, h, w)."""
-    return log_flux.clamp_min_(EXP_FLOOR).exp_().view(-1, h, w, s * s).sum(-1)
+    """exp of sub-pixel log-fluxes (N, s, s, h, w), floored at EXP_FLOOR, summed over each pixel: (N, h, w)."""
+    flux = log_flux.clamp_min_(EXP_FLOOR).exp_()
+    # a copy either way: the caller reuses the buffer for the next component
+    return flux.view(-1, h, w).clone() if s == 1 else flux.view(-1, s * s, h * w).sum(1).view(-1, h, w)
 
 
 CHUNK_POINTS = 1 << 16   # sub-pixels per unit_fluxes call: its ~6 live buffers stay in a core's L2 cache
 
 
 def _cell_grid(npix, ss, settings, device):
-    """Sub-pixel offsets (gx, gy), each (npix, npix, ss, ss) arcsec, from the centre of a cell's first pixel."""
+    """Sub-pixel offsets (gx, gy), each (ss, ss, npix, npix) arcsec (sub-row, sub-column, row, column), from
+    the centre of a cell's first pixel."""
     sub = (torch.arange(ss, device=device, dtype=torch.float32) + 0.5) / ss - 0.5
-    axis = (torch.arange(npix, device=device, dtype=torch.float32)[:, None] + sub) * settings.pixel_scale_arcsec
-    shape = (npix, npix, ss, ss)
+    axis = (sub[:, None] + torch.arange(npix, device=device, dtype=torch.float32)) * settings.pixel_scale_arcsec
+    shape = (ss, ss, npix, npix)
     return axis[None, :, None, :].expand(shape).contiguous(), axis[:, None, :, None].expand(shape).contiguous()
 
 
@@ -325,16 +351,13 @@ def _cell_origin(lo_pix, settings, lens_arcsec):
 def _render_cells(k, p, idx, lo_x, lo_y, npix, ss, settings):
     """unit_fluxes (N, C, npix, npix) of cells (stamp ``idx``, first pixel (lo_x, lo_y)), in L2-sized chunks."""
     per_chunk = max(1, CHUNK_POINTS // (npix * ss) ** 2)
-    area = (settings.pixel_scale_arcsec / ss) ** 2
     gx, gy = _cell_grid(npix, ss, settings, idx.device)
-    origin_x = _cell_origin(lo_x, settings, p["lens_x_arcsec"][idx])
-    origin_y = _cell_origin(lo_y, settings, p["lens_y_arcsec"][idx])
-    cells = {key: v[idx].view(len(idx), -1, 1, 1, 1) for key, v in k.items()}
+    cells = cell_constants({key: v[idx] for key, v in k.items()}, _cell_origin(lo_x, settings, p["lens_x_arcsec"][idx]),
+                           _cell_origin(lo_y, settings, p["lens_y_arcsec"][idx]), (settings.pixel_scale_arcsec / ss) ** 2)
     out = []
     for lo in range(0, len(idx), per_chunk):
         part = slice(lo, lo + per_chunk)
-        out.append(unit_fluxes(gx, gy, origin_x[part], origin_y[part], {key: v[part] for key, v in cells.items()},
-                               area))
+        out.append(unit_fluxes(gx, gy, {key: v if isinstance(v, int) else v[part] for key, v in cells.items()}))
     return torch.cat(out)
 
 
@@ -360,7 +383,7 @@ def render_unit_components(p: dict, settings: RenderSettings, source_images=None
         cols = {key: v[:, None, None] for key, v in p.items() if key in LENS_KEYS + SOURCE_KEYS}
 
         def draw(idx, lo_x, lo_y, npix, sub):
-            axis = _cell_grid(npix, sub, settings, device)[0][0, :, 0, :].reshape(-1)   # (npix * sub,)
+            axis = _cell_grid(npix, sub, settings, device)[0][0, :, 0, :].T.reshape(-1)   # (npix * sub,)
             origin = torch.zeros(len(idx), device=device)
             x = (_cell_origin(lo_x, settings, origin)[:, None] + axis)[:, None, :]
             y = (_cell_origin(lo_y, settings, origin)[:, None] + axis)[:, :, None]
