@@ -181,14 +181,16 @@ def moffat_transfer(fwhm_arcsec, settings: RenderSettings):
         return torch.fft.rfft2(centred)
     m = int(beta - 1.5)  # nu = m + 1/2
     alpha_pix = fwhm_arcsec / settings.pixel_scale_arcsec / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
-    z = _frequency_radius(n, str(fwhm_arcsec.device)) * (2.0 * math.pi * alpha_pix)[..., None, None]
+    # |f| is even in f_y: evaluate the rows f_y >= 0 (0 .. n//2) and mirror them onto f_y < 0
+    z = _frequency_radius(n, str(fwhm_arcsec.device))[: n // 2 + 1] * (2.0 * math.pi * alpha_pix)[..., None, None]
     # 2 (z/2)^nu K_nu(z) / Gamma(nu) = sqrt(pi) z^m e^-z sum_j c_j (2z)^-j / (2^(m) Gamma(nu)), in powers of z
     norm = math.sqrt(math.pi) / (2**m * math.gamma(beta - 1.0))
     coeffs = [norm * math.factorial(m + j) / (math.factorial(j) * math.factorial(m - j)) / 2**j for j in range(m + 1)]
     poly = torch.full_like(z, coeffs[0])
     for c in coeffs[1:]:   # Horner: ((c0 z + c1) z + c2) ...
         poly.mul_(z).add_(c)
-    return poly.mul_(z.neg_().exp_())
+    half = poly.mul_(z.neg_().exp_())
+    return torch.cat([half, half[..., 1:(n + 1) // 2, :].flip(-2)], dim=-2)
 
 
 @functools.lru_cache(maxsize=8)
@@ -204,7 +206,8 @@ def convolve_with_transfer(images, transfer, size: int):
     n = transfer.shape[-2]
     spectra = torch.fft.rfft2(images, s=(n, n))
     torch.view_as_real(spectra).mul_(transfer[..., None])   # real transfer: no complex product
-    return torch.fft.irfft2(spectra, s=(n, n))[..., :size, :size]
+    # inverse along the rows first, then only the stamp's rows along the columns (a pruned irfft2)
+    return torch.fft.irfft(torch.fft.ifft(spectra, dim=-2)[..., :size, :], n=n, dim=-1)[..., :size]
 
 
 def _pixelised_sb(x, y, cols, source_images, source_pixel_scale_arcsec):
