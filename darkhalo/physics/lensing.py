@@ -276,9 +276,10 @@ def unit_fluxes(gx, gy, cells: dict):
     s, h, w = gx.shape[0], gx.shape[2], gx.shape[3]
     k = cells
 
+    # (torch.addcmul with a broadcast first operand takes a slow path: mul_ then add_ is 5x faster)
     def affine(kx, ky, at_origin):
         """at_origin + kx gx + ky gy over the cells' sub-pixels."""
-        return torch.addcmul(at_origin, gx, kx).addcmul_(gy, ky)
+        return torch.mul(gx, kx).add_(at_origin).addcmul_(gy, ky)
 
     xe = affine(k["xe_x"], k["xe_y"], k["xe_0"])   # e x' in the lens frame, e = sqrt(1 - q^2)
     ye = affine(k["ye_x"], k["ye_y"], k["ye_0"])
@@ -295,13 +296,13 @@ def unit_fluxes(gx, gy, cells: dict):
     ys = affine(k["m10"], k["m11"], k["ys_0"]).addcmul_(u, k["ys_u"]).addcmul_(v, k["ys_v"])
     r2 = torch.mul(xs, xs, out=u).mul_(k["q_s"]).addcmul_(torch.mul(ys, k["inv_q_s"], out=rounding), ys)
     # ln flux = -b_n (r / R_e)^(1/n) + b_n - ln norm + ln area; exponents floored at EXP_FLOOR (see sersic_unit_sb)
-    power = torch.addcmul(k["log_re_over_n"], r2.clamp_min_(1e-10).log_(), k["half_inv_n"], out=r2).exp_()
-    parts = [_exp_binned(torch.addcmul(k["sersic_log"], power, k["neg_bn"], out=power), h, w, s)]
+    power = r2.clamp_min_(1e-10).log_().mul_(k["half_inv_n"]).add_(k["log_re_over_n"]).exp_()
+    parts = [_exp_binned(power.mul_(k["neg_bn"]).add_(k["sersic_log"]), h, w, s)]
     for c in range(k["n_clumps"]):
         r2 = torch.sub(xs, k[f"clump_x{c}"], out=u).square_()
         e = torch.sub(ys, k[f"clump_y{c}"], out=v)
         r2.addcmul_(e, e)
-        parts.append(_exp_binned(torch.addcmul(k[f"clump_log{c}"], r2, k[f"clump_a{c}"], out=r2), h, w, s))
+        parts.append(_exp_binned(r2.mul_(k[f"clump_a{c}"]).add_(k[f"clump_log{c}"]), h, w, s))
     return torch.stack(parts, dim=1)
 
 
