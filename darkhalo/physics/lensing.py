@@ -403,8 +403,9 @@ def render_unit_components(p: dict, settings: RenderSettings, source_images=None
         tile_pix = size
     n_tiles = size // tile_pix
     tiles = coarse.view(n_b, coarse.shape[1], n_tiles, tile_pix, n_tiles, tile_pix)
-    peak = coarse.amax(dim=(2, 3))[:, :, None, None]  # (B, C, 1, 1)
-    hot = (tiles.amax(dim=(3, 5)) > settings.refine_rel * peak).any(dim=1)  # (B, n_tiles, n_tiles)
+    tile_max = torch.nn.functional.max_pool2d(coarse, tile_pix)   # (B, C, n_tiles, n_tiles)
+    peak = tile_max.amax(dim=(2, 3))[:, :, None, None]  # (B, C, 1, 1)
+    hot = (tile_max > settings.refine_rel * peak).any(dim=1)  # (B, n_tiles, n_tiles)
     # grow by one tile: a thin arc can slip between the coarse samples of a neighbouring tile
     hot = torch.nn.functional.max_pool2d(hot[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
     b_idx, ty, tx = torch.nonzero(hot, as_tuple=True)
