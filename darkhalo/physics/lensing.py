@@ -308,7 +308,7 @@ def unit_fluxes(gx, gy, cells: dict):
 
 def cell_constants(k: dict, origin_x, origin_y, pixel_area_arcsec2: float) -> dict:
     """``trace_coefficients`` rows of N cells (each (N, 1, 1, 1, 1)) with what depends on the cell's origin
-    (offset (arcsec) of its first sub-pixel grid point from its lens centre, (N,)) and on the sub-pixel
+    (offset (arcsec) of the centre of its first pixel from its lens centre, (N,)) and on the sub-pixel
     area (arcsec^2) folded in, once per cell rather than once per pass."""
     def col(t):
         return t.reshape(len(origin_x), 1, 1, 1, 1)
@@ -379,7 +379,7 @@ def render_unit_components(p: dict, settings: RenderSettings, source_images=None
     size, ss, tile_pix = settings.stamp_size, settings.supersample, settings.tile_pix
     n_b = p["theta_e_arcsec"].shape[0]
     if source_images is None:
-        k = {key: v for key, v in trace_coefficients(p).items()}
+        k = trace_coefficients(p)
 
         def draw(idx, lo_x, lo_y, npix, sub):
             return _render_cells(k, p, idx, lo_x, lo_y, npix, sub, settings)
