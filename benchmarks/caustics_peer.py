@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from scipy.fft import next_fast_len
 
-from darkhalo.lensing import RenderSettings, moffat_kernels_torch
-from darkhalo.profiles import sersic_sb_at_reff
-from darkhalo.units import BANDS
+from darkhalo.physics.lensing import RenderSettings, moffat_kernels_torch
+from darkhalo.physics.profiles import sersic_sb_at_reff
+from darkhalo.core.units import BANDS
 
 
 class CausticsRenderer:
-    """Renders rows (as darkhalo.lenstronomy_reference.random_arc_rows) with caustics, ``batch`` stamps per call."""
+    """Renders rows (as darkhalo.physics.lenstronomy_reference.random_arc_rows) with caustics, ``batch`` stamps per call."""
 
     def __init__(self, settings: RenderSettings, n_clumps: int, batch: int = 16):
         import caustics.func  # noqa: F401  (imported here: the benchmark reports it as not installed otherwise)

@@ -91,7 +91,7 @@ def test_fused_evaluation_equals_the_reference_functions(npix, ss, lo):
     """unit_fluxes (affine source frame, folded normalisations, atanh via log1p) = sie_shear_deflection +
     sersic_unit_sb / gaussian_unit_sb, in float64, on random rows with the edge cases (q = 1, theta_E of one
     pixel, sources on the caustic)."""
-    from darkhalo import lensing
+    from darkhalo.physics import lensing
 
     rows = random_arc_rows(24, np.random.default_rng(7), n_clumps=2)
     cols = rows_to_columns(rows)
