@@ -39,7 +39,7 @@ TRAIN = _keys("architecture", "width", "metadata_columns", "metadata_transform",
               "weight_decay", "lr_schedule", "hard_negative_frac", "augment_flips", "augment_rot90",
               "centre_mask_prob", "centre_mask_radius_pix", "centre_mask_radius_theta_e", "import_checkpoint",
               "max_train_rows", "preprocessing", "input_crop_pix", "early_stopping_patience",
-              "early_stopping_min_delta", "seeds")
+              "early_stopping_min_delta", "seeds", "ema_decay")
 CUTOUT = _keys("base_url", "layer", "bands", "pixscale_arcsec", "size_pix", "invvar", "timeout_s", "retries",
                "backoff_s", "max_backoff_s", "deadline_s", "max_bytes")
 # Execution settings (darkhalo/core/runtime.py): no stage lists them in dvc.yaml.

@@ -52,6 +52,7 @@ class TrainConfig:
     early_stopping_patience: int = 0         # stop after this many epochs without a better val AUC (0: never)
     early_stopping_min_delta: float = 0.002  # a val AUC gain smaller than this is not an improvement
     seeds: int = 1                           # models trained with different seeds (compare combines their spread)
+    ema_decay: float = 0.0                   # > 0: validate and keep an exponential moving average of the weights
 
     @property
     def n_metadata(self) -> int:
@@ -75,6 +76,7 @@ TRAIN_RULES = {
     "preprocessing": (lambda v: v in PREPROCESSINGS, f"must be one of {', '.join(PREPROCESSINGS)}"),
     "input_crop_pix": (lambda v: v >= 0 and v % 2 == 0, "must be 0 (no crop) or a positive even number of pixels"),
     "early_stopping_patience": NON_NEGATIVE, "early_stopping_min_delta": NON_NEGATIVE, "seeds": POSITIVE,
+    "ema_decay": (lambda v: 0 <= v < 1, "must be within [0, 1) (0: no weight averaging)"),
 }
 
 
@@ -321,6 +323,12 @@ def train_model(config: TrainConfig, train: StampSet, val: StampSet, seed: int, 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, (lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))) if config.lr_schedule == "cosine"
         else (lambda step: 1.0))
+    # the averaged weights (ema_decay > 0) are what is validated, early-stopped on and returned: one epoch's
+    # weights carry the noise of its last batches, their average over ~1 / (1 - ema_decay) steps does not
+    averaged = (torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+        if config.ema_decay > 0 else None)
+    scored = averaged.module if averaged is not None else model
     loss_fn = nn.BCEWithLogitsLoss()
     meta_all = torch.as_tensor(meta_tf(train.metadata))
     history = []
@@ -343,15 +351,17 @@ def train_model(config: TrainConfig, train: StampSet, val: StampSet, seed: int, 
             loss.backward()
             opt.step()
             sched.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             losses.append(loss.item())
-        val_scores = predict(model, val.images, meta_tf(val.metadata), config.batch_size)
+        val_scores = predict(scored, val.images, meta_tf(val.metadata), config.batch_size)
         entry = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                  "val_loss": float(binary_cross_entropy(val.labels, val_scores)),
                  "val_auc": float(auc_or_nan(val.labels, val_scores))}
         improved = entry["val_auc"] >= best_auc + config.early_stopping_min_delta or best_state is None
         if improved:
             best_auc, since_best = entry["val_auc"], 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
         else:
             since_best += 1
         entry["best_val_auc"], entry["is_best"] = float(best_auc), bool(improved)
@@ -360,7 +370,7 @@ def train_model(config: TrainConfig, train: StampSet, val: StampSet, seed: int, 
             log(epoch, entry)
         if config.early_stopping_patience and since_best >= config.early_stopping_patience:
             break
-    if config.early_stopping_patience and best_state is not None:
+    if (config.early_stopping_patience or averaged is not None) and best_state is not None:
         model.load_state_dict(best_state)
     if world > 1:
         for buffer in model.buffers():
