@@ -134,6 +134,26 @@ def test_early_stopping_stops_and_keeps_the_best_weights():
     assert len(history) == 3 and [h["is_best"] for h in history] == [True, False, False]
 
 
+def test_weight_averaging_returns_the_averaged_weights():
+    """ema_decay close to 1: the average stays at the first step's weights (one Adam step from the initial
+    ones), so the returned model is much closer to the initial weights than the last step's weights are."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(64, 3, 32, 32)).astype(np.float32)
+    labels = (np.arange(64) % 2).astype(np.float32)
+    data = StampSet(images, labels, np.arange(64), np.zeros((64, 0)), np.full(64, np.nan), {})
+
+    def weights(epochs: int, **overrides):
+        config = TrainConfig(epochs=epochs, batch_size=16, threads=1, learning_rate=0.01, **overrides)
+        model, _, history = train_model(config, data, data, seed=1, generation="t")
+        return torch.cat([p.detach().flatten() for p in model.parameters()]), history
+
+    initial, _ = weights(0)
+    last, _ = weights(4)
+    averaged, history = weights(4, ema_decay=1 - 1e-9)
+    assert torch.norm(averaged - initial) < 0.5 * torch.norm(last - initial)
+    assert len(history) == 4 and history[0]["is_best"]
+
+
 @pytest.fixture(scope="module")
 def clean_table(gates_project):
     return injection_table(gates_project)
