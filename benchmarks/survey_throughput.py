@@ -3,7 +3,8 @@
 In one process on one thread (torch, BLAS and OpenMP pools pinned to 1):
   * ``lrg_ours``: our LRG light (darkhalo.physics.profiles.render_sersic: supersample 4, the
     3x3 central pixels at 32) coloured per band and convolved with each band's
-    Moffat kernel (scipy FFT), batched as darkhalo.sim.survey does;
+    Moffat kernel (darkhalo.physics.psf.convolve_moffat: real FFTs at 96), batched as
+    darkhalo.sim.survey does;
   * ``lrg_lenstronomy``: lenstronomy as its experts would set it up: one LightModel
     and one supersampled grid (RegularGrid, supersampling 4) built once, one
     render per stamp, three convolutions (PixelKernelConvolution, FFT) with the
@@ -26,11 +27,10 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 
 import numpy as np  # noqa: E402
-from scipy.signal import fftconvolve  # noqa: E402
 
 from darkhalo.physics.lenstronomy_reference import pixel_frame  # noqa: E402
 from darkhalo.physics.profiles import render_sersic, sersic_sb_at_reff  # noqa: E402
-from darkhalo.physics.psf import moffat_kernels  # noqa: E402
+from darkhalo.physics.psf import convolve_moffat, moffat_kernels  # noqa: E402
 from darkhalo.sim.survey import SurveyConfig, simulate_parents, sky_patches  # noqa: E402
 from darkhalo.core.units import PIXEL_SCALE_ARCSEC  # noqa: E402
 
@@ -49,8 +49,8 @@ def ours(lrg: dict):
     n = len(lrg["reff"])
     shape = render_sersic(np.ones(n), lrg["reff"], lrg["n"], lrg["q"], lrg["phi"], lrg["x0"], lrg["y0"], SIZE,
                           supersample=SUPERSAMPLE, centre_supersample=CENTRE_SUPERSAMPLE, centre_box_pix=CENTRE_BOX)
-    return np.stack([fftconvolve(shape * lrg["flux"][:, j, None, None], moffat_kernels(lrg["fwhm"][:, j], SIZE),
-                                 mode="same", axes=(1, 2)) for j in range(3)], axis=1)
+    coloured = shape[:, None] * lrg["flux"][:, :, None, None]   # (N, 3, S, S), the bands batched as the survey does
+    return convolve_moffat(coloured.reshape(-1, SIZE, SIZE), lrg["fwhm"].reshape(-1)).reshape(n, 3, SIZE, SIZE)
 
 
 class LenstronomyLRG:

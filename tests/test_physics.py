@@ -101,3 +101,39 @@ def test_survey_metrics_and_population_match_design(tiny_survey):
         assert np.mean(types == name) == pytest.approx(frac, abs=0.015)
     cat = read_table(str(tiny_survey), columns=["dec", "psfsize_r"])
     assert max(cat.column("dec").to_pylist()) < 32.375
+
+
+@pytest.mark.parametrize("size", [64, 33, 17])
+def test_convolve_moffat_equals_fftconvolve(size):
+    """Real FFTs at the 5-smooth size and the DCT-I transfer give scipy's "same" convolution (17: odd fast size)."""
+    from scipy.signal import fftconvolve
+
+    from darkhalo.physics.psf import convolve_moffat, moffat_kernels
+
+    rng = np.random.default_rng(size)
+    images, fwhm = rng.random((40, size, size)), rng.uniform(0.9, 2.0, 40)
+    expected = fftconvolve(images, moffat_kernels(fwhm, size), mode="same", axes=(1, 2))
+    assert np.abs(convolve_moffat(images, fwhm) - expected).max() < 1e-14 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("n_sersic", [1.0, 2.7, 4.0])
+def test_render_sersic_is_the_pixel_mean_of_the_profile(n_sersic):
+    """render_sersic's grid evaluation (quadratic form, square-root chains) is sersic_sb averaged over sub-pixels."""
+    from darkhalo.physics.profiles import render_sersic, sersic_sb
+
+    size, ss, box, box_ss = 32, 4, 3, 32
+    gal = dict(flux_nmgy=3.0, reff_arcsec=0.9, n_sersic=n_sersic, q=0.6, phi_rad=2.1, x0_arcsec=0.07, y0_arcsec=-0.11)
+    image = render_sersic(*([v] for v in gal.values()), size, supersample=ss, centre_supersample=box_ss,
+                          centre_box_pix=box)[0]
+
+    def pixel_mean(lo_row, lo_col, npix, factor):
+        sub = (np.arange(npix * factor) + 0.5) / factor - 0.5 - (size - 1) / 2.0
+        x, y = (sub + lo_col) * PIXEL_SCALE_ARCSEC, (sub + lo_row) * PIXEL_SCALE_ARCSEC
+        sb = sersic_sb(x[None, :] - gal["x0_arcsec"], y[:, None] - gal["y0_arcsec"], gal["flux_nmgy"],
+                       gal["reff_arcsec"], n_sersic, gal["q"], gal["phi_rad"])
+        return sb.reshape(npix, factor, npix, factor).mean(axis=(1, 3)) * PIXEL_SCALE_ARCSEC**2
+
+    expected = pixel_mean(0, 0, size, ss)
+    row, col = 14, 15   # the box around the centre: pixel (row 15, column 16)
+    expected[row:row + box, col:col + box] = pixel_mean(row, col, box, box_ss)
+    assert np.abs(image - expected).max() < 1e-13 * expected.max()

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 import healpy as hp
 import numpy as np
 import pyarrow as pa
-from scipy.signal import fftconvolve
 
 from darkhalo.sim import footprint, population
 from darkhalo.core.params import FRACTION, ParamError, NON_NEGATIVE, POSITIVE, build, section
 from darkhalo.physics.profiles import render_sersic
-from darkhalo.physics.psf import moffat_image, moffat_kernels, noise_equivalent_area_pix
+from darkhalo.physics.psf import convolve_moffat, moffat_image, moffat_kernels, noise_equivalent_area_pix
 from darkhalo.core.rng import keyed_rng
 from darkhalo.core.runtime import runtime_config
 from darkhalo.io.stamps import StampBatch, native_columns
@@ -171,11 +170,10 @@ def render_noiseless(config: SurveyConfig, rows: list[dict], extra_pre_psf: np.n
             np.add.at(pre_psf[j], np.array(owner), shapes * np.array(fluxes[band])[:, None, None])
     if extra_pre_psf is not None:
         pre_psf += extra_pre_psf
-    images = np.empty((n_rows, 3, size, size))
-    for j, band in enumerate(BANDS):
-        fwhm = np.array([r[f"psfsize_{band}"] for r in rows])
-        kernels = moffat_kernels(fwhm, size, config.moffat_beta)
-        images[:, j] = fftconvolve(pre_psf[j], kernels, mode="same", axes=(1, 2))
+    # the three bands in one batch, each stamp with its band's PSF
+    fwhm = np.array([[r[f"psfsize_{band}"] for r in rows] for band in BANDS])
+    convolved = convolve_moffat(pre_psf.reshape(-1, size, size), fwhm.reshape(-1), config.moffat_beta)
+    images = np.ascontiguousarray(convolved.reshape(3, n_rows, size, size).transpose(1, 0, 2, 3))
     # Point sources (stars and PSF-type LRGs): the PSF itself at their position.
     for i, r in enumerate(rows):
         star = r["_neighbours"]["stars"]
