@@ -55,6 +55,17 @@ def _first_redshift(text: str) -> float:
     return float(match.group()) if match else float("nan")
 
 
+def parse_positions(frame: pd.DataFrame, message) -> None:
+    """Columns ra, dec of ``frame`` (text) replaced by degrees; ValueError(``message(row, column, n_bad)``) at the
+    first row that is not a position (not a finite number, |ra| > 360, |dec| > 90)."""
+    for column, limit in (("ra", 360.0), ("dec", 90.0)):
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(float)
+        bad = ~np.isfinite(values) | (np.abs(values) > limit)
+        if bad.any():
+            raise ValueError(message(int(np.flatnonzero(bad)[0]), column, int(bad.sum())))
+        frame[column] = values
+
+
 def read_lenscat(path: str | Path | None = None) -> pd.DataFrame:
     """The lenscat catalogue with columns name, ra, dec (deg), zlens (NaN if none), zlens_text, lens_type,
     grading, ref, lenscat_row; errors name the file, row and column."""
@@ -64,14 +75,9 @@ def read_lenscat(path: str | Path | None = None) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing} (have {list(frame.columns)})")
     frame = frame.rename(columns=LENSCAT_COLUMNS)[list(LENSCAT_COLUMNS.values())]
-    for column, limit in (("ra", 360.0), ("dec", 90.0)):
-        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(float)
-        bad = ~np.isfinite(values) | (np.abs(values) > limit)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{path}: row {i} column '{[k for k, v in LENSCAT_COLUMNS.items() if v == column][0]}'"
-                             f" = {shown(frame[column].iloc[i])} is not a position in degrees ({int(bad.sum())} such rows)")
-        frame[column] = values
+    parse_positions(frame, lambda i, column, n_bad: (
+        f"{path}: row {i} column '{[k for k, v in LENSCAT_COLUMNS.items() if v == column][0]}'"
+        f" = {shown(frame[column].iloc[i])} is not a position in degrees ({n_bad} such rows)"))
     frame["zlens"] = [_first_redshift(z) for z in frame["zlens_text"]]
     frame["lenscat_row"] = np.arange(len(frame))
     return frame

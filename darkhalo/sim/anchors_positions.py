@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from darkhalo.sim.anchors_catalogue import lenscat_aliases, shown
+from darkhalo.sim.anchors_catalogue import lenscat_aliases, parse_positions, shown
 
 
 class AnchorPositionError(ValueError):
@@ -38,14 +38,9 @@ def read_anchor_list(path: str | Path) -> pd.DataFrame:
     missing = [c for c in ("name", "ra", "dec") if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing} (need name, ra, dec in degrees)")
-    for column, limit in (("ra", 360.0), ("dec", 90.0)):
-        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(float)
-        bad = ~np.isfinite(values) | (np.abs(values) > limit)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{path}: row {i} ({shown(frame['name'].iloc[i])}) column '{column}' = "
-                             f"{shown(frame[column].iloc[i])} is not a position in degrees")
-        frame[column] = values
+    parse_positions(frame, lambda i, column, n_bad: (
+        f"{path}: row {i} ({shown(frame['name'].iloc[i])}) column '{column}' = "
+        f"{shown(frame[column].iloc[i])} is not a position in degrees"))
     blank = frame["name"].astype(str).str.strip() == ""
     if blank.any():
         raise ValueError(f"{path}: row {int(np.flatnonzero(blank.to_numpy())[0])} column 'name' is empty")
