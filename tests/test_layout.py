@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from darkhalo.core.stage_deps import imported_modules
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "darkhalo"
 ROOMS = ("core", "io", "physics", "sim", "gates", "ml", "eval", "report")
@@ -33,28 +35,6 @@ def room_of(module: str) -> str | None:
     return parts[1] if len(parts) > 1 and parts[0] == "darkhalo" else None
 
 
-def imported_modules(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
-    """(line, dotted module) of every import in one file under ``root``, relative ones resolved; function-level
-    ones too."""
-    dotted = ".".join(path.relative_to(root).with_suffix("").parts)
-    package = dotted.removesuffix(".__init__") if path.name == "__init__.py" else dotted.rpartition(".")[0]
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[:len(parts) - node.level + 1])
-                target = f"{base}.{node.module}" if node.module else base
-            else:
-                target = node.module or ""
-            found.append((node.lineno, target))
-            if target in ("darkhalo", *(f"darkhalo.{r}" for r in ROOMS)):   # from darkhalo.sim import footprint
-                found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
-    return [(line, m) for line, m in found if m == "darkhalo" or m.startswith("darkhalo.")]
-
-
 def line_count(path: Path) -> int:
     return len(path.read_text().splitlines())
 
@@ -70,32 +50,38 @@ def test_every_module_lives_in_a_room():
     assert sorted(d.name for d in PACKAGE.iterdir() if (d / "__init__.py").exists()) == sorted(ROOMS)
 
 
-def test_imports_only_go_to_the_same_or_an_earlier_room():
-    backwards = []
-    for path in modules():
-        if path.parent == PACKAGE:
+def backwards_imports(root: Path) -> list[str]:
+    """'<file> imports <module> ...' for every import of a module under ``root``/darkhalo/<room>/ from a later room."""
+    found = []
+    for path in sorted((root / "darkhalo").rglob("*.py")):
+        if path.parent == root / "darkhalo":
             continue
-        own = ROOMS.index(path.relative_to(PACKAGE).parts[0])
-        for line, module in imported_modules(path):
+        own = ROOMS.index(path.relative_to(root / "darkhalo").parts[0])
+        for module in sorted(imported_modules(path, root)):
             room = room_of(module)
-            if room is None or room not in ROOMS:
-                continue
-            if ROOMS.index(room) > own:
-                backwards.append(f"{relative(path)}:{line} imports {module} (room {room} comes after "
-                                 f"{ROOMS[own]})")
+            if room in ROOMS and ROOMS.index(room) > own:
+                found.append(f"{path.relative_to(root).as_posix()} imports {module} (room {room} comes after "
+                             f"{ROOMS[own]})")
+    return found
+
+
+def test_imports_only_go_to_the_same_or_an_earlier_room():
+    backwards = backwards_imports(ROOT)
     assert not backwards, "imports against the room order " + " -> ".join(ROOMS) + ":\n" + "\n".join(backwards)
 
 
-def test_the_import_check_sees_relative_and_function_level_imports(tmp_path):
-    """The checker itself: a relative import and one inside a function are both resolved."""
-    room = tmp_path / "darkhalo" / "sim"
-    room.mkdir(parents=True)
-    path = room / "x.py"
-    path.write_text("from ..report import figures\n\ndef f():\n    from darkhalo.eval.compare import compare\n"
-                    "    from . import footprint\n")
-    found = {m for _, m in imported_modules(path, tmp_path)}
-    assert {"darkhalo.report", "darkhalo.report.figures", "darkhalo.eval.compare", "darkhalo.sim",
-            "darkhalo.sim.footprint"} <= found
+def test_the_check_finds_relative_and_function_level_imports_from_a_later_room(tmp_path):
+    """A planted sim module importing report (relative) and eval (inside a function) is reported twice; its
+    imports from its own room and from core are not."""
+    for room in ("core", "sim"):
+        (tmp_path / "darkhalo" / room).mkdir(parents=True)
+    (tmp_path / "darkhalo" / "sim" / "x.py").write_text(
+        "from ..report import figures\nfrom darkhalo.core import units\n\n\ndef f():\n"
+        "    from darkhalo.eval.compare import compare\n    from . import footprint\n")
+    (tmp_path / "darkhalo" / "core" / "y.py").write_text("from darkhalo.core.units import BANDS\n")
+    found = backwards_imports(tmp_path)
+    assert {line.split()[2] for line in found} == {"darkhalo.report", "darkhalo.report.figures",
+                                                   "darkhalo.eval.compare", "darkhalo.eval.compare.compare"}
 
 
 @pytest.mark.parametrize("path", [p for p in modules() if line_count(p) > MAX_LINES and relative(p) not in PENDING],
