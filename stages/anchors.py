@@ -34,8 +34,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from darkhalo.sim.anchors import (AnchorsConfig, anchors_config, anchors_from_cutouts, apply_check_policy, finish_table,
-                              measure_anchors, order_columns, select_anchors, summarise_anchors)
+from darkhalo.sim.anchors import select_anchors
+from darkhalo.sim.anchors_checks import apply_check_policy, measure_anchors
+from darkhalo.sim.anchors_config import AnchorsConfig, anchors_config
+from darkhalo.sim.anchors_metrics import summarise_anchors
+from darkhalo.sim.anchors_schema import anchors_from_cutouts, finish_table, order_columns
 from darkhalo.io.dataset import write_parquet
 from darkhalo.io.gallery import gallery_png
 from darkhalo.core.outputs import atomic_dir, atomic_write_bytes, run_stage, write_json

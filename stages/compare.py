@@ -18,7 +18,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from darkhalo.io.dataset import read_table
-from darkhalo.eval.compare import combine_seeds, compare, compare_config, generation, headline_summary, plot_tables
+from darkhalo.eval.compare import combine_seeds, compare, compare_config
+from darkhalo.eval.compare_rows import generation
+from darkhalo.eval.compare_summary import headline_summary, plot_tables
 from darkhalo.eval.judgement import judge
 from darkhalo.core.outputs import atomic_write_bytes, run_stage, write_json
 from darkhalo.core.params import load_params, section

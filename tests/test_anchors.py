@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_params
-from darkhalo.sim.anchors import (AnchorPositionError, CentreGalaxyError, anchors_config, angular_separation_arcsec,
-                              check_positions, lenscat_csv_path, measure_anchor, read_lenscat,
-                              require_centre_galaxies, select_catalogue)
+from darkhalo.sim.anchors_catalogue import lenscat_csv_path, read_lenscat, select_catalogue
+from darkhalo.sim.anchors_checks import CentreGalaxyError, measure_anchor, require_centre_galaxies
+from darkhalo.sim.anchors_config import anchors_config
+from darkhalo.sim.anchors_positions import AnchorPositionError, angular_separation_arcsec, check_positions
 from darkhalo.sim.footprint import DEC_MAX_DEG, galactic_latitude_deg
 from darkhalo.core.params import ParamError
 from darkhalo.io.stamps import stamps_from_native

@@ -10,8 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import cutout_fits_bytes, run_on_other_cpu, tiny_params, write_params
-from darkhalo.sim.anchors import (ANCHOR_PARENT_ID_BASE, AnchorCheckError, AnchorPositionError, anchors_config,
-                              read_lenscat, select_anchors)
+from darkhalo.sim.anchors import ANCHOR_PARENT_ID_BASE, select_anchors
+from darkhalo.sim.anchors_catalogue import read_lenscat
+from darkhalo.sim.anchors_checks import AnchorCheckError
+from darkhalo.sim.anchors_config import anchors_config
+from darkhalo.sim.anchors_positions import AnchorPositionError
 from darkhalo.io.dataset import read_table
 from darkhalo.sim.injection import arc_snr, good_pixels, render_columns
 from darkhalo.core.params import ParamError

@@ -17,7 +17,8 @@ import yaml
 
 from conftest import REPO, report_numbers_mismatching
 from darkhalo.core import metrics as M
-from darkhalo.eval.compare import BenchmarkMismatch, CompareConfig, compare, compare_config, generation
+from darkhalo.eval.compare import CompareConfig, compare, compare_config
+from darkhalo.eval.compare_rows import BenchmarkMismatch, generation
 from darkhalo.eval.judgement import conclusion, rounded, settled
 from darkhalo.eval.evaluation import EvaluateConfig, model_gates, summarise
 from darkhalo.core.outputs import write_json

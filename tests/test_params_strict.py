@@ -9,11 +9,11 @@ import pytest
 import yaml
 
 from conftest import REPO, gates_params, review_params, tiny_params, write_params
-from darkhalo.sim.anchors import SIMULATION_KEYS, AnchorsConfig
+from darkhalo.sim.anchors_config import SIMULATION_KEYS, AnchorsConfig
 from darkhalo.eval.compare import CompareConfig
 from darkhalo.io.cutouts import CutoutConfig
 from darkhalo.eval.evaluation import EvaluateConfig, evaluate_config
-from darkhalo.sim.anchors import anchors_config
+from darkhalo.sim.anchors_config import anchors_config
 from darkhalo.io.galaxy_zoo import GalaxyZooConfig, galaxy_zoo_config
 from darkhalo.gates.config import GatesConfig
 from darkhalo.sim.hard_negatives import HardNegativesConfig, hard_negatives_config

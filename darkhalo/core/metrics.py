@@ -20,6 +20,9 @@ Conventions (docs/domain.md, "Evaluation conventions"):
   conditional on the threshold.
 * Bad input raises ValueError naming the argument: mismatched lengths, labels not 0/1,
   NaN scores, a class missing where both are needed.
+
+One module because every statistic here shares the input checks and the threshold / tie
+conventions above; split apart, each part would restate them.
 """
 from __future__ import annotations
 

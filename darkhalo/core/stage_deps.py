@@ -27,8 +27,9 @@ def _module_file(root: Path, module: str) -> Path | None:
     return None
 
 
-def _imported_modules(path: Path, root: Path) -> set[str]:
-    """``darkhalo`` modules imported anywhere in one file (``from x import name`` may name a submodule)."""
+def imported_modules(path: Path, root: Path) -> set[str]:
+    """``darkhalo`` modules imported anywhere in one file, relative imports resolved (``from x import name`` may
+    name a submodule: ``x.name`` is listed too). tests/test_layout.py checks the rooms' order with it."""
     module = ".".join(path.relative_to(root).with_suffix("").parts)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     package = package.removesuffix(".__init__")
@@ -80,7 +81,7 @@ def stage_library_files(stage_file: str | Path, root: str | Path = ".") -> list[
     todo = [Path(root, stage_file)]
     while todo:
         path = todo.pop()
-        for module in _imported_modules(path, root):
+        for module in imported_modules(path, root):
             parts = module.split(".")
             for depth in range(1, len(parts) + 1):   # importing a.b.c runs a/__init__ and a/b/__init__
                 file = _module_file(root, ".".join(parts[:depth]))

@@ -1,8 +1,8 @@
 """Gen5' vs Gen5 on the frozen benchmark: paired differences of every headline metric.
 
-Both generations' scores tables (``evaluate@<generation>``) hold the same benchmark rows;
-``align`` matches them by (part, task_id) for injections and (part, parent_id) for hard
-negatives and anchors, and refuses tables built on different benchmarks (hash) or rows.
+Both generations' scores tables (``evaluate@<generation>``) hold the same benchmark rows,
+matched by ``compare_rows.align`` (refusing different benchmarks or rows); the plot tables and
+the headline ``metrics/summary.json`` are compare_summary.py's.
 
 Every metric is a statistic of per-row *values* of one generation (the score, or whether
 the row is selected at that generation's own operating threshold, or a gate-1.7 outcome
@@ -24,24 +24,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
 from darkhalo.core import metrics as M
 from darkhalo.core.params import FRACTION, NON_NEGATIVE, POSITIVE, ParamError, build, section
 from darkhalo.eval.judgement import VERDICTS
 from darkhalo.core.stats import rate_with_interval
 from darkhalo.core.units import PIXEL_SCALE_ARCSEC
+from darkhalo.eval.compare_rows import (PARTS, Generation, align, bootstrap_groups, check_same_benchmark,
+                                        resolve_threshold)
 
-PARTS = ("injection", "hard_negative", "anchor")
-STATIC_COLUMNS = ("label", "healpix_pixel", "theta_e_arcsec", "arc_snr", "src_mag_r", "group",
-                  "arc_flux_frac_outside_core")
 BIN_FAMILIES = (("theta_e", "completeness_vs_theta_e", "theta_e_arcsec", "theta_E (arcsec)"),
                 ("arc_snr", "completeness_vs_arc_snr", "arc_snr", "arc S/N"),
                 ("src_mag_r", "completeness_vs_src_mag_r", "src_mag_r", "source r mag"))
-
-
-class BenchmarkMismatch(ValueError):
-    """The two generations were evaluated on different benchmarks (or different rows of it)."""
 
 
 @dataclass(frozen=True)
@@ -82,158 +76,6 @@ def compare_config(params: dict, path: str) -> CompareConfig:
     if not 0 < config.confidence < 1:
         raise ParamError(f"{path}: compare.confidence = {config.confidence}: must be in (0, 1)")
     return config
-
-
-# --------------------------------------------------------------------------- inputs
-
-@dataclass
-class Generation:
-    """One generation's evaluation: its name, scores table columns and evaluate.json summary."""
-
-    name: str
-    columns: dict
-    summary: dict
-    source: str = ""
-    exact_threshold: float | None = None    # set by resolve_threshold
-
-    @property
-    def recorded_threshold(self) -> float:
-        value = self.summary.get("operating_threshold")
-        if value is None:
-            raise ValueError(f"{self.source or self.name}: evaluate metrics have no operating_threshold")
-        return float(value)
-
-    @property
-    def threshold(self) -> float:
-        return self.recorded_threshold if self.exact_threshold is None else self.exact_threshold
-
-
-def _selected_counts(cols: dict, threshold: float) -> tuple[int, int, int]:
-    """(positives, controls, hard negatives) with score >= threshold."""
-    part, label = cols["part"], np.asarray(cols["label"])
-    sel = np.asarray(cols["score"], dtype=np.float64) >= threshold
-    inj = part == "injection"
-    return (int(np.count_nonzero(sel & inj & (label == 1))), int(np.count_nonzero(sel & inj & (label == 0))),
-            int(np.count_nonzero(sel & (part == "hard_negative"))))
-
-
-def resolve_threshold(gen: Generation) -> float:
-    """The operating threshold that reproduces evaluate.json's selected counts.
-
-    evaluate.json stores the threshold to 6 significant digits; a benchmark score inside that
-    rounding window would be selected differently by the rounded value. Candidates are the
-    recorded value and the scores in the window; the one giving the recorded counts of selected
-    positives, controls and hard negatives is used. ValueError when none does (stale scores).
-    """
-    t = gen.recorded_threshold
-    s = np.asarray(gen.columns["score"], dtype=np.float64)
-    rec = gen.summary
-    want = (rec.get("completeness_at_threshold", {}).get("k"),
-            rec.get("gate_1_3_null_injection", {}).get("fraction_above", {}).get("k"),
-            (rec.get("hard_negative_fpr") or {}).get("k", 0))
-    window = np.unique(s[np.abs(s - t) <= 1e-5 * max(abs(t), 1e-30)])
-    candidates = [t] + [float(v) for v in window] + ([float(np.nextafter(window.max(), np.inf))] if window.size else [])
-    for c in candidates:
-        if all(w is None or w == got for w, got in zip(want, _selected_counts(gen.columns, c))):
-            gen.exact_threshold = c
-            return c
-    raise ValueError(f"{gen.source or gen.name}: no threshold near the recorded operating_threshold {t!r} selects "
-                     f"the recorded (positives, controls, hard negatives) = {want}; at {t!r} the scores table selects "
-                     f"{_selected_counts(gen.columns, t)}: the scores table and evaluate.json disagree (stale scores?)")
-
-
-def _columns(table: pa.Table) -> dict:
-    cols = {}
-    for name in table.column_names:
-        column = table.column(name)
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            cols[name] = np.array(column.to_pylist(), dtype=object)
-        else:
-            cols[name] = column.to_numpy(zero_copy_only=False)
-    return cols
-
-
-def generation(name: str, scores: pa.Table, summary: dict, source: str = "") -> Generation:
-    """A Generation from its scores table and evaluate summary (checks the columns it needs)."""
-    need = {"part", "label", "score", "task_id", "parent_id"}
-    missing = sorted(need - set(scores.column_names))
-    if missing:
-        raise ValueError(f"{source or name}: scores table lacks column(s) {', '.join(missing)}")
-    return Generation(name, _columns(scores), summary, source)
-
-
-def check_same_benchmark(a: Generation, b: Generation) -> str:
-    """The shared benchmark hash; BenchmarkMismatch naming both hashes when they differ."""
-    ha, hb = a.summary.get("benchmark_sha256"), b.summary.get("benchmark_sha256")
-    if not ha or not hb:
-        raise BenchmarkMismatch(f"no benchmark_sha256 in the evaluate metrics of "
-                                f"{a.name if not ha else b.name} ({a.source if not ha else b.source})")
-    if ha != hb:
-        raise BenchmarkMismatch(
-            f"refusing to compare {a.name} and {b.name}: they were evaluated on different benchmarks "
-            f"({a.name}: benchmark_sha256 {ha}, {a.source}; {b.name}: benchmark_sha256 {hb}, {b.source}). "
-            "Re-run evaluate@<generation> for both on the same frozen benchmark.")
-    return ha
-
-
-def _row_keys(cols: dict, who: str) -> np.ndarray:
-    """Structured (part code, id) keys: task_id for injections, parent_id for the other parts."""
-    part = cols["part"]
-    unknown = sorted(set(part.tolist()) - set(PARTS))
-    if unknown:
-        raise ValueError(f"{who}: unknown part value(s) {unknown}")
-    code = np.array([PARTS.index(p) for p in part], dtype=np.int64)
-    task = np.asarray(cols["task_id"], dtype=np.float64)
-    parent = np.asarray(cols["parent_id"], dtype=np.float64)
-    is_inj = code == 0
-    if np.isnan(task[is_inj]).any():
-        raise ValueError(f"{who}: {int(np.isnan(task[is_inj]).sum())} injection rows without task_id")
-    ident = np.where(is_inj, np.nan_to_num(task), parent).astype(np.int64)
-    keys = np.empty(part.size, dtype=[("part", np.int64), ("id", np.int64)])
-    keys["part"], keys["id"] = code, ident
-    if np.unique(keys).size != keys.size:
-        raise ValueError(f"{who}: duplicate benchmark rows (part, task_id/parent_id)")
-    return keys
-
-
-def _same(x: np.ndarray, y: np.ndarray) -> bool:
-    if x.dtype == object or y.dtype == object:
-        return bool(np.all(x.astype(str) == y.astype(str)))
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    return bool(np.all((x == y) | (np.isnan(x) & np.isnan(y))))
-
-
-def align(a: Generation, b: Generation) -> tuple[dict, dict, dict]:
-    """(shared row columns, baseline columns, candidate columns), both sorted by benchmark row.
-
-    BenchmarkMismatch when the two tables do not hold exactly the same rows with the same
-    labels and row descriptors (theta_E, arc S/N, pixel, group, ...).
-    """
-    ka, kb = _row_keys(a.columns, a.name), _row_keys(b.columns, b.name)
-    oa, ob = np.argsort(ka, order=("part", "id")), np.argsort(kb, order=("part", "id"))
-    if ka.size != kb.size or not np.array_equal(ka[oa], kb[ob]):
-        only_a = np.setdiff1d(ka, kb).size
-        only_b = np.setdiff1d(kb, ka).size
-        raise BenchmarkMismatch(f"scores tables of {a.name} ({ka.size} rows) and {b.name} ({kb.size} rows) hold "
-                                f"different benchmark rows: {only_a} only in {a.name}, {only_b} only in {b.name}")
-    ca = {k: v[oa] for k, v in a.columns.items()}
-    cb = {k: v[ob] for k, v in b.columns.items()}
-    shared = {"part": ca["part"], "key_id": ka[oa]["id"]}
-    for name in STATIC_COLUMNS:
-        if name in ca and name in cb:
-            if not _same(ca[name], cb[name]):
-                raise BenchmarkMismatch(f"scores tables of {a.name} and {b.name} disagree on column '{name}' "
-                                        "for the same benchmark rows")
-            shared[name] = ca[name]
-    return shared, ca, cb
-
-
-def bootstrap_groups(shared: dict) -> np.ndarray:
-    """Resampling unit per row: the HEALPix pixel where known, else the row itself (negative ids)."""
-    n = shared["part"].size
-    pix = np.asarray(shared.get("healpix_pixel", np.full(n, np.nan)), dtype=np.float64)
-    own = -(np.arange(n, dtype=np.int64) + 1)
-    return np.where(np.isfinite(pix), np.nan_to_num(pix, nan=0.0).astype(np.int64), own)
 
 
 # --------------------------------------------------------------------------- statistics of per-row values
@@ -534,75 +376,3 @@ def combine_seeds(per_seed: list[dict], config: CompareConfig) -> dict:
                                      for g in result["operating_threshold"]}
     result["n_seeds"] = n
     return result
-
-
-def plot_tables(result: dict) -> dict[str, pa.Table]:
-    """DVC plot data: candidate − baseline per completeness bin, and every metric's difference."""
-    out = {}
-    for short, _, _, _ in BIN_FAMILIES:
-        rows = [(name, r) for name, r in result["metrics"].items() if r["family"] == f"completeness_{short}"]
-        if not rows:
-            continue
-        lows = [r["bin_lo"] for _, r in rows]
-        highs = [r["bin_hi"] for _, r in rows]
-        centres = [0.5 * (lo + hi) for lo, hi in zip(lows, highs)]
-        out[f"completeness_{short}_diff.csv"] = pa.table({
-            short: centres, "bin_lo": lows, "bin_hi": highs,
-            "diff": [r["diff"] for _, r in rows], "lo": [r["lo"] for _, r in rows], "hi": [r["hi"] for _, r in rows],
-            "baseline": [r["baseline"] for _, r in rows], "candidate": [r["candidate"] for _, r in rows],
-            "n": [r["n_rows"] for _, r in rows]})
-    names = list(result["metrics"])
-    out["metric_diffs.csv"] = pa.table({
-        "metric": names, "diff": [result["metrics"][n]["diff"] for n in names],
-        "lo": [result["metrics"][n]["lo"] for n in names], "hi": [result["metrics"][n]["hi"] for n in names],
-        "verdict": [result["metrics"][n]["verdict"] for n in names]})
-    return out
-
-
-HEADLINE_METRICS = ("auc", "tpr_at_fpr_1e-3", "completeness", "anchor_recall_tierA", "anchor_recall_all",
-                    "hard_negative_fpr_all", "ece", "gate_1_3_fraction_above", "gate_1_7_retained_fraction")
-HEADLINE_GATES = {"core_only_auc_raw": ("1.6:core_only_auc", "auc"),
-                  "core_only_auc_model_input": ("1.6:input_core_only_auc", "auc"),
-                  "core_flux_ratio_r_raw": ("1.8:core_flux_ratio_r", "ratio"),
-                  "core_rms_ratio_r_model_input": ("1.8:input_core_rms_ratio_r", "ratio"),
-                  "brightness_support_frac_above": ("brightness:support", "value")}
-
-
-def _round(value, digits: int = 4):
-    return float(f"{value:.{digits}g}") if isinstance(value, (int, float)) and np.isfinite(value) else None
-
-
-def headline_summary(result: dict, gates: dict[str, dict], train: dict[str, dict],
-                     model_gates: dict[str, dict] | None = None, evaluate: dict | None = None) -> dict:
-    """The review's headline (``metrics/summary.json``): ~20 numbers per generation and the deltas.
-
-    ``result``: compare's output; ``gates`` / ``train`` / ``model_gates``: each generation's
-    data_gates.json, train.json and model_gates.json; ``evaluate``: one evaluate.json (the benchmark's
-    hash and scored rows).  Values are rounded to 4 significant digits; every delta carries its paired
-    bootstrap interval and verdict.
-    """
-    metrics = result["metrics"]
-    out: dict = {}
-    if evaluate:
-        out["benchmark"] = {"sha256": str(evaluate.get("benchmark_sha256", ""))[:12], **evaluate.get("rows", {})}
-    for role in ("baseline", "candidate"):
-        name = result[role]
-        entry = {key: _round(metrics[key][role]) for key in HEADLINE_METRICS if key in metrics}
-        gate_doc = gates[name].get("gates", {})
-        for key, (gate_id, stat) in HEADLINE_GATES.items():
-            value = (gate_doc.get(gate_id) or {}).get("statistic", {}).get(stat)
-            if value is not None:
-                entry[key] = _round(value)
-        entry["data_gates_failed"] = len(gates[name].get("failed", []))
-        entry["data_gates_blocking_failed"] = len(gates[name].get("blocking_failed", []))
-        if (model_gates or {}).get(name):
-            entry["model_gates_failed"] = [g["gate"] for g in model_gates[name].get("gates", []) if not g["passed"]]
-        if "best_val_auc" in train[name] or "final" in train[name]:
-            entry["val_auc"] = _round(train[name].get("best_val_auc", train[name].get("final", {}).get("val_auc")))
-            entry["epochs_run"] = train[name].get("epochs_run", train[name].get("epochs"))
-        out[name] = entry
-    out["difference"] = {key: {"value": _round(metrics[key]["diff"]), "lo": _round(metrics[key]["lo"]),
-                               "hi": _round(metrics[key]["hi"]), "verdict": metrics[key]["verdict"]}
-                         for key in HEADLINE_METRICS if key in metrics}
-    out["verdict_counts"] = result["verdict_counts"]
-    return out

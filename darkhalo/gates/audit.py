@@ -26,6 +26,9 @@ manifest has it.  Without one (the users' legacy layout: controls are other LRG 
 the gates run unpaired: 1.6 cross-fits with folds grouped by sky region (the HEALPix
 pixel of ra/dec, else ``brickname``), 1.8's interval is a bootstrap within each class,
 and the split checks that need pairs (parents, pairs, assignment) are not evaluated.
+
+One module because ``run_audit`` and ``build_tables`` fill one set of gate tables from the same
+scan, row contracts and pairing (the gates' statistics, contracts and suites have their own modules).
 """
 from __future__ import annotations
 

@@ -29,6 +29,9 @@ what is left in an annulus around the expected Einstein radius:
 
 Units: images in nmgy/pixel, invvar in nmgy^-2, angles in arcsec, pixel
 scale 0.262"; the stamp centre is the array centre (ARCHITECTURE.md).
+
+One module because the lens-light fit exists only to be subtracted before this S/N: the fit,
+its masks and the annulus share one light centre, PSF expansion and pixel grid.
 """
 from __future__ import annotations
 

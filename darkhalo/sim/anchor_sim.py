@@ -21,7 +21,7 @@ Per anchor (``anchors.select_anchors`` row, parent_id = 2*2**40 + lenscat row):
   model and invvar stay exactly the survey's.
 
 Rows carry the survey catalogue columns, the anchor identity columns and the
-injection columns (``anchors.INJECTION_FIELDS``: lens, shear, source, clumps,
+injection columns (``anchors_schema.INJECTION_FIELDS``: lens, shear, source, clumps,
 fluxes per band, ``psf_fwhm_used_<band>``, ``moffat_beta``, ``supersample``,
 ``task_seed64``, ``arc_snr`` ...), from which ``injection.render_columns``
 redraws the arc exactly.
@@ -33,8 +33,10 @@ import pandas as pd
 import pyarrow as pa
 
 from darkhalo.sim import population, survey
-from darkhalo.sim.anchors import (BASE_FIELDS, INJECTION_FLOAT_COLUMNS, INJECTION_INT32_COLUMNS, INJECTION_LIST_COLUMNS,
-                      SOURCE_EMBEDDED, THETA_E_FROM_LIST, AnchorsConfig, identity_columns)
+from darkhalo.sim.anchors import THETA_E_FROM_LIST
+from darkhalo.sim.anchors_config import AnchorsConfig
+from darkhalo.sim.anchors_schema import (BASE_FIELDS, INJECTION_FLOAT_COLUMNS, INJECTION_INT32_COLUMNS,
+                                         INJECTION_LIST_COLUMNS, SOURCE_EMBEDDED, identity_columns)
 from darkhalo.sim.injection import (EngineSettings, GenerationSpec, InjectConfig, arc_snr, arc_snr_aperture, candidate_columns,
                         draw_candidates, good_pixels, injection_spec, render_columns)
 from darkhalo.physics.lensing import RenderSettings
@@ -87,7 +89,7 @@ def _use_listed_theta_e(cands: dict, parents: dict, theta_e: np.ndarray, listed:
 
 def simulate_anchors(config: survey.SurveyConfig, engine: EngineSettings, specs: dict[str, GenerationSpec],
                      anchors: pd.DataFrame) -> pa.Table:
-    """``anchors.BASE_FIELDS`` + native pixel columns of the anchors (rows in the order given).
+    """``anchors_schema.BASE_FIELDS`` + native pixel columns of the anchors (rows in the order given).
 
     ``specs``: the arc population per set (``simulation_specs``); ``engine``: the
     injection engine's settings (supersampling, device, batch size).
