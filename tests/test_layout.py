@@ -19,9 +19,6 @@ PACKAGE = ROOT / "darkhalo"
 ROOMS = ("core", "io", "physics", "sim", "gates", "ml", "eval", "report")
 MAX_LINES = 400
 REASON = "One module because"
-# Over MAX_LINES and being edited elsewhere when this test was written: their reason (or split)
-# lands with that work. test_pending_entries_are_still_pending keeps the list from going stale.
-PENDING = {"darkhalo/sim/injection.py", "darkhalo/ml/training.py"}
 
 
 def modules() -> list[Path]:
@@ -84,20 +81,10 @@ def test_the_check_finds_relative_and_function_level_imports_from_a_later_room(t
                                                    "darkhalo.eval.compare", "darkhalo.eval.compare.compare"}
 
 
-@pytest.mark.parametrize("path", [p for p in modules() if line_count(p) > MAX_LINES and relative(p) not in PENDING],
+@pytest.mark.parametrize("path", [p for p in modules() if line_count(p) > MAX_LINES],
                          ids=relative)
 def test_a_long_module_states_why_it_is_one_module(path):
     doc = ast.get_docstring(ast.parse(path.read_text())) or ""
     assert any(line.strip().startswith(REASON) for line in doc.splitlines()), (
         f"{relative(path)} has {line_count(path)} lines (> {MAX_LINES}): split it along a seam or say why it is "
         f"one module in its docstring, on a line starting {REASON!r}")
-
-
-@pytest.mark.parametrize("name", sorted(PENDING))
-def test_pending_entries_are_still_pending(name):
-    """A PENDING module that got short or got its reason leaves the list."""
-    path = ROOT / name
-    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-    assert path.exists() and line_count(path) > MAX_LINES, f"{name}: no longer long; remove it from PENDING"
-    assert not any(line.strip().startswith(REASON) for line in doc.splitlines()), \
-        f"{name}: states its reason now; remove it from PENDING"

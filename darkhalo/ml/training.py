@@ -5,6 +5,9 @@ data gates quarantined, plus hard negatives mixed in at ``hard_negative_frac``
 of the negatives; every stamp goes through the one named normalisation
 (darkhalo/physics/normalize.py) whose parameters are stored in the checkpoint, so
 inference (darkhalo/ml/inference.py) cannot differ from training.
+
+One module because the config, the stamp loading and the loop are one contract: the loop reads
+every config field and the StampSet layout; the checkpoint dict records both.
 """
 from __future__ import annotations
 

@@ -16,6 +16,11 @@ centre; Sersic R_sersic is the product-averaged half-light radius with
 lenstronomy's b_n.  Source fluxes are total fluxes in nanomaggies; the only
 conversion to surface brightness (nmgy/arcsec^2) is in ``sersic_unit_sb`` /
 ``gaussian_unit_sb`` / ``pixelised_unit_sb``.
+
+One module because the fused pass evaluates deflection and source light in one loop over
+sub-pixel chunks (per-stamp coefficients folded once): the lens, the source profiles and the
+supersampling share that loop's layout, and the reference functions it is tested against live
+beside it.
 """
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ task (parent, replicate) comes from ``task_seed64``, recorded in its row:
                  from all candidates of the dataset (first pass); first accepted wins
     injection    parent + arc (+ the arc's photon noise), masked pixels stay masked
 
+One module because the two passes (candidate S/N, then acceptance and injection) share the task
+streams, the candidate layout and the written columns; split, each half would import the other's
+internals.
+
 Without an arc-SNR target every task takes its first candidate.
 """
 from __future__ import annotations
