@@ -5,7 +5,7 @@
 executed -- and returns the library files the stage can run.  A test compares
 them with dvc.yaml so that editing one module reruns only the stages that use
 it. A string constant in a module that names a file or folder beside it (e.g.
-``"report_templates"``) is package data the module reads: that path is a dependency too. Editing
+``"templates"`` beside ``report/render.py``) is package data the module reads: that path is a dependency too. Editing
 it reruns the same stages; ``python -m darkhalo.core.stage_deps`` prints the lists for every stage and
 ``python -m darkhalo.core.stage_deps --write`` puts them into dvc.yaml.
 """
