@@ -203,6 +203,17 @@ def test_runtime_settings_rerun_nothing(clone):
         {"inject@gen5", "inject@gen5p", "benchmark_injections", "anchors", "evaluate@gen5", "evaluate@gen5p"}
 
 
+def test_report_code_edit_reruns_only_the_report(clone):
+    """Per-stage deps: a change to the report's template or rendering code marks `report` alone stale."""
+    assert json.loads(run(DVC + ["status", "--json"], clone)) == {}
+    for edited in ("darkhalo/report/render.py", "darkhalo/report/templates/remediation.md.j2"):
+        path = clone / edited
+        original = path.read_text()
+        path.write_text(original + ("\n# edited\n" if edited.endswith(".py") else "\n{# edited #}\n"))
+        assert set(json.loads(run(DVC + ["status", "--json"], clone))) == {"report"}, edited
+        path.write_text(original)
+
+
 def test_review_verdict_names_the_roles_and_rounds_each_difference_to_its_interval():
     from darkhalo.eval.judgement import rounded, verdict_lines
 
