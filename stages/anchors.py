@@ -82,7 +82,7 @@ def run_cutouts(cfg: AnchorsConfig, anchors: pd.DataFrame):
     for f in failures:
         by_reason[f.reason] = by_reason.get(f.reason, 0) + 1
     table = anchors_from_cutouts(anchors, cutouts, cfg.cutout_config.size_pix)
-    return table, {"cutouts": dict(client.stats), "psf_fwhm_assumed_arcsec": cfg.psf_fwhm_assumed,
+    return table, {"cutouts": dict(client.stats), "psf_fwhm_assumed_arcsec": cfg.cutout_psf_fwhm_arcsec,
                    "cutout_failures": {"n": len(failures), "by_reason": by_reason,
                                        "first": [str(f) for f in failures[:20]]}}
 

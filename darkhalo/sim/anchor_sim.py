@@ -51,9 +51,9 @@ RNG_STREAM = "anchors"
 def simulation_specs(params: dict, config: AnchorsConfig, path: str) -> dict[str, GenerationSpec]:
     """Arc population per anchor set: ``anchors.simulation.<set>`` (priors, n_clumps) over ``inject.default_priors``."""
     defaults = section(params, "inject", path).get("default_priors") or {}
-    sims = config.simulation_specs
+    sims = config.simulation
     return {name: injection_spec(f"anchors_{name}", sims[name], defaults, f"anchors.simulation.{name}", path)
-            for name in config.anchor_sets}
+            for name in config.sets}
 
 
 def render_settings(config: survey.SurveyConfig, engine: EngineSettings) -> RenderSettings:

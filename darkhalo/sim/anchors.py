@@ -84,7 +84,7 @@ def select_anchors(config: AnchorsConfig, seed: int, catalogue: pd.DataFrame | N
     ref, lenscat_row, parent_id (= ANCHOR_PARENT_ID_BASE + lenscat_row).
     """
     catalogue = read_lenscat() if catalogue is None else catalogue
-    sets = list(config.anchor_sets)
+    sets = list(config.sets)
     if not config.anchor_list:
         table, sets_report = select_catalogue(config, catalogue)
         frame = table.to_pandas().rename(columns={"theta_e_arcsec": "anchor_theta_e_arcsec"})

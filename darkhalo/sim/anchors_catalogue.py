@@ -112,7 +112,7 @@ def select_catalogue(config: AnchorsConfig, catalogue: pd.DataFrame | None = Non
     inside = footprint.in_dr10_footprint(catalogue["ra"], catalogue["dec"]) if config.restrict_to_footprint else \
         np.ones(len(catalogue), bool)
     parts, report = [], {}
-    for set_name, spec in config.anchor_sets.items():
+    for set_name, spec in config.sets.items():
         match = np.zeros(len(catalogue), bool)
         for needle in spec["ref_contains"]:
             match |= refs.str.contains(needle, regex=False).to_numpy()
@@ -132,7 +132,7 @@ def select_catalogue(config: AnchorsConfig, catalogue: pd.DataFrame | None = Non
             "catalogue_name": sub["name"].to_numpy(),
             "ra": sub["ra"].to_numpy(float), "dec": sub["dec"].to_numpy(float), "anchor_set": set_name,
             "grading": sub["grading"].to_numpy(), "lens_type": sub["lens_type"].to_numpy(),
-            "zlens": sub["zlens"].to_numpy(float), "theta_e_arcsec": float(config.theta_e_defaults[set_name]),
+            "zlens": sub["zlens"].to_numpy(float), "theta_e_arcsec": float(config.default_theta_e_arcsec[set_name]),
             "ref": sub["ref"].to_numpy(), "lenscat_row": sub["lenscat_row"].to_numpy(np.int64)}))
     table = pd.concat(parts, ignore_index=True)
     return pa.Table.from_pandas(table, preserve_index=False), report

@@ -128,7 +128,7 @@ def measure_anchors(table: pa.Table, stamps: StampBatch, config: AnchorsConfig) 
     names = [f.name for f in MEASUREMENT_FIELDS]
     cols = {n: [] for n in names}
     failures = []
-    assumed = config.psf_fwhm_assumed
+    assumed = config.cutout_psf_fwhm_arcsec
     for i, row in enumerate(tqdm(meta, desc="anchor checks", unit="anchor")):
         fwhm = np.array([row[f"psfsize_{b}"] if row[f"psfsize_{b}"] is not None and np.isfinite(row[f"psfsize_{b}"])
                          and row[f"psfsize_{b}"] > 0 else float(assumed[b]) for b in BANDS])

@@ -46,22 +46,6 @@ class AnchorsConfig:
     cutout_workers: int = 4                     # runtime.cutout_workers (darkhalo/core/runtime.py): fetch threads
 
     @property
-    def psf_fwhm_assumed(self) -> dict:
-        return dict(self.cutout_psf_fwhm_arcsec)
-
-    @property
-    def simulation_specs(self) -> dict:
-        return dict(self.simulation)
-
-    @property
-    def anchor_sets(self) -> dict:
-        return dict(self.sets)
-
-    @property
-    def theta_e_defaults(self) -> dict:
-        return dict(self.default_theta_e_arcsec)
-
-    @property
     def cutout_config(self) -> CutoutConfig:
         return CutoutConfig(**(self.cutout or {}), workers=self.cutout_workers)
 
@@ -112,10 +96,10 @@ def anchors_config(params: dict, path: str) -> AnchorsConfig:
     config = build(AnchorsConfig, section(params, "anchors", path), "anchors", path, ANCHOR_RULES,
                    cutout_workers=workers)
     build(CutoutConfig, config.cutout or {}, "anchors.cutout", path, CUTOUT_RULES, workers=workers)
-    missing = [s for s in config.anchor_sets if s not in config.theta_e_defaults]
+    missing = [s for s in config.sets if s not in config.default_theta_e_arcsec]
     if missing:
         raise ParamError(f"{path}: anchors.default_theta_e_arcsec has no radius for set(s) {missing}")
-    missing = [s for s in config.anchor_sets if s not in config.simulation_specs]
+    missing = [s for s in config.sets if s not in config.simulation]
     if config.mode == "embedded" and missing:
         raise ParamError(f"{path}: anchors.simulation has no arc population for set(s) {missing} (embedded mode)")
     return config

@@ -18,7 +18,7 @@ def summarise_anchors(table: pa.Table, config: AnchorsConfig, selection: dict, f
             "region_split", "theta_e_arcsec", "src_mag_r", "arc_snr", "magnification", "cutout_ok", "sim_defect",
             "bad_pixel_frac", "anchor_theta_e_arcsec")}
     counts, tier_a, vis, arcs = {}, {}, {}, {}
-    for set_name in config.anchor_sets:
+    for set_name in config.sets:
         sel = col["anchor_set"] == set_name
         n_a = int(np.sum(sel & (col["anchor_tier"] == "A")))
         counts[set_name] = {"A": n_a, "B": int(np.sum(sel & (col["anchor_tier"] == "B"))), "n": int(sel.sum())}
@@ -42,7 +42,7 @@ def summarise_anchors(table: pa.Table, config: AnchorsConfig, selection: dict, f
         "visibility_snr": {**vis, "all": percentiles(col["anchor_visibility_snr"].astype(float))},
         "centre_snr": percentiles(col["anchor_centre_snr"].astype(float)),
         "annulus_theta_e_arcsec": {s: percentiles(col["anchor_theta_e_arcsec"][col["anchor_set"] == s].astype(float))
-                                   for s in config.anchor_sets},
+                                   for s in config.sets},
         "drops": {"centre_policy": config.centre_policy, "max_dropped_fraction": config.max_dropped_fraction,
                   "n_dropped": len(failures), "by_reason": by_reason,
                   "anchors": [{k: f[k] for k in ("name", "anchor_set", "reason", "detail")} for f in failures[:50]]},
