@@ -20,7 +20,7 @@ from urllib.parse import quote, unquote
 import jinja2
 import yaml
 
-from darkhalo.eval.judgement import interval_decimals, mask_order
+from darkhalo.eval.judgement import VERDICTS, interval_decimals, mask_order
 from darkhalo.core.params import POSITIVE, build, section
 
 FIGURES = "remediation"        # figures folder, beside remediation.md
@@ -225,7 +225,8 @@ def render(root: str | Path, inputs: Inputs, config: ReportConfig, figures: dict
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False,
                              extensions=["jinja2.ext.do"])
-    env.globals.update(mask_order=mask_order, headline=HEADLINE, ablation_metrics=ABLATION_METRICS)
+    env.globals.update(mask_order=mask_order, headline=HEADLINE, ablation_metrics=ABLATION_METRICS,
+                       verdicts=VERDICTS)
     text = env.get_template(TEMPLATE).render(
         s=src, i=inputs, c=config, figures=figures, figures_dir=FIGURES,
         judgement=src.opt(inputs.compare, "judgement") or {},
