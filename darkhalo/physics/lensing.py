@@ -13,9 +13,10 @@ product-averaged Einstein radius, axis ratio ``q`` and position angle
 ``phi_rad`` (counter-clockwise from +x); shear (gamma, phi_gamma) with
 gamma1 = gamma cos 2phi, gamma2 = gamma sin 2phi, deflection zero at the lens
 centre; Sersic R_sersic is the product-averaged half-light radius with
-lenstronomy's b_n.  Source fluxes are total fluxes in nanomaggies; the only
-conversion to surface brightness (nmgy/arcsec^2) is in ``sersic_unit_sb`` /
-``gaussian_unit_sb`` / ``pixelised_unit_sb``.
+lenstronomy's b_n.  Source fluxes are total fluxes in nanomaggies; a Sersic's
+conversion to surface brightness (nmgy/arcsec^2) is ``sersic_log_norm``, used by the fused
+pass (``unit_fluxes``) and by the reference functions ``sersic_unit_sb`` /
+``gaussian_unit_sb`` it is tested against; pixelised sources: ``pixelised_unit_sb``.
 
 One module because the fused pass evaluates deflection and source light in one loop over
 sub-pixel chunks (per-stamp coefficients folded once): the lens, the source profiles and the
@@ -68,12 +69,9 @@ def sie_shear_deflection(x, y, p):
     1e-4, and atanh(z) is evaluated as log1p(2z/(1-z))/2, whose float32 error stays relative
     to z (log((1+z)/(1-z)), which compiled atanh uses, loses it as z -> 0).
     """
-    def col(key):
-        return p[key]
-
-    q = col("lens_q").clamp(max=1.0)
-    phi = col("lens_phi_rad")
-    dx, dy = x - col("lens_x_arcsec"), y - col("lens_y_arcsec")
+    q = p["lens_q"].clamp(max=1.0)
+    phi = p["lens_phi_rad"]
+    dx, dy = x - p["lens_x_arcsec"], y - p["lens_y_arcsec"]
     cos_p, sin_p = torch.cos(phi), torch.sin(phi)
     xm = cos_p * dx + sin_p * dy
     ym = -sin_p * dx + cos_p * dy
@@ -81,24 +79,21 @@ def sie_shear_deflection(x, y, p):
     # b / e with e = sqrt(1 - q^2) floored at 1e-4: atan(e u)/e -> u as e -> 0, and the
     # floor changes the deflection by < 1e-8 relative (the SIS limit is exact).
     ecc = torch.sqrt((1.0 - q * q).clamp_min(1e-8))
-    b_over_e = col("theta_e_arcsec") * torch.sqrt(q) / ecc
+    b_over_e = p["theta_e_arcsec"] * torch.sqrt(q) / ecc
     ax_m = b_over_e * torch.atan(ecc * xm / psi)
     z = (ecc * ym / psi).clamp(-0.9999999, 0.9999999)
     ay_m = 0.5 * b_over_e * torch.log1p(2.0 * z / (1.0 - z))
     ax = cos_p * ax_m - sin_p * ay_m
     ay = sin_p * ax_m + cos_p * ay_m
-    g1 = col("shear") * torch.cos(2 * col("shear_phi_rad"))
-    g2 = col("shear") * torch.sin(2 * col("shear_phi_rad"))
+    g1 = p["shear"] * torch.cos(2 * p["shear_phi_rad"])
+    g2 = p["shear"] * torch.sin(2 * p["shear_phi_rad"])
     return ax + g1 * dx + g2 * dy, ay + g2 * dx - g1 * dy
 
 
 def sersic_unit_sb(bx, by, p):
     """Surface brightness (arcsec^-2) of a unit-total-flux elliptical Sersic at source-plane (bx, by)."""
-    def col(key):
-        return p[key]
-
-    n, re, q, phi = col("src_n_sersic"), col("src_reff_arcsec"), col("src_q"), col("src_phi_rad")
-    dx, dy = bx - col("src_x_arcsec"), by - col("src_y_arcsec")
+    n, re, q, phi = p["src_n_sersic"], p["src_reff_arcsec"], p["src_q"], p["src_phi_rad"]
+    dx, dy = bx - p["src_x_arcsec"], by - p["src_y_arcsec"]
     cos_p, sin_p = torch.cos(phi), torch.sin(phi)
     xs = cos_p * dx + sin_p * dy
     ys = -sin_p * dx + cos_p * dy
