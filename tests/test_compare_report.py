@@ -43,7 +43,7 @@ def benchmark() -> dict:
            "parent_id": np.repeat(parent, 2).astype(np.int64), "healpix_pixel": np.repeat(pix, 2).astype(np.int64),
            "theta_e_arcsec": np.repeat(theta, 2), "arc_snr": np.repeat(snr, 2),
            "src_mag_r": np.repeat(rng.uniform(21, 27, n_par), 2),
-           "arc_flux_frac_outside_core": np.repeat(rng.uniform(0.3, 1.0, n_par), 2), "group": [None] * (2 * n_par)}
+           "arc_snr_core": np.repeat(rng.uniform(0.0, 10.0, n_par), 2), "group": [None] * (2 * n_par)}
     hn = {"part": ["hard_negative"] * N_HN, "label": np.zeros(N_HN, np.int8), "parent_id": 2**40 + np.arange(N_HN),
           "group": [["ring", "spiral", "merger"][k % 3] for k in range(N_HN)]}
     anchors = {"part": ["anchor"] * N_ANCHOR, "label": np.ones(N_ANCHOR, np.int8),
@@ -64,7 +64,7 @@ def scores_table(bench: dict, seed: int, signal: float, hn_level: float, small_t
     masked = 1 / (1 + np.exp(-(logit - 0.1 * pos)))
     rows_inj = {**{k: v for k, v in inj.items() if k != "group"}, "group": pa.array([None] * pos.size, pa.string()),
                 "score": score.astype(np.float32), "score_arc_suppressed": suppressed,
-                "arc_flux_frac_outside_core": np.where(pos, inj["arc_flux_frac_outside_core"], np.nan),
+                "arc_snr_core": np.where(pos, inj["arc_snr_core"], np.nan),
                 "score_mask_0.5theta_e": masked.astype(np.float32),
                 "score_mask_8pix": (masked * 0.9).astype(np.float32)}
     rows_hn = {**hn, "score": (1 / (1 + np.exp(-rng.normal(hn_level, 1.0, N_HN)))).astype(np.float32)}

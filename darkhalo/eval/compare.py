@@ -27,7 +27,7 @@ import numpy as np
 
 from darkhalo.core import metrics as M
 from darkhalo.core.params import FRACTION, NON_NEGATIVE, POSITIVE, ParamError, build, section
-from darkhalo.eval.judgement import VERDICTS
+from darkhalo.eval.judgement import VERDICTS, gate17_resolved
 from darkhalo.core.stats import rate_with_interval
 from darkhalo.core.units import PIXEL_SCALE_ARCSEC
 from darkhalo.eval.compare_rows import (PARTS, Generation, align, bootstrap_groups, check_same_benchmark,
@@ -209,8 +209,11 @@ def metric_specs(shared: dict, summary_a: dict, summary_b: dict, calibration_bin
         MetricSpec("gate_1_3_fraction_above", "model_gates", "gate 1.3: test controls above the operating threshold",
                    ctrl, _selected, _mean, False, "gate_1_3_null_injection/fraction_above/rate"),
     ]
-    if "arc_flux_frac_outside_core" in shared:
-        resolved = pos & (np.nan_to_num(np.asarray(shared["arc_flux_frac_outside_core"], dtype=np.float64)) >= 0.5)
+    rule = (summary_a.get("gate_1_7_arc_suppressed") or {}).get("max_core_arc_snr")
+    if "arc_snr_core" in shared and rule is not None:
+        if (summary_b.get("gate_1_7_arc_suppressed") or {}).get("max_core_arc_snr") != rule:
+            raise ValueError("gate 1.7: the generations' evaluate metrics were made with different max_core_arc_snr")
+        resolved = pos & gate17_resolved(shared["arc_snr_core"], rule)
         specs.append(MetricSpec("gate_1_7_retained_fraction", "model_gates",
                                 "gate 1.7: detected positives still detected with the arc removed", resolved,
                                 _gate17_codes, _retained, False, "gate_1_7_arc_suppressed/retained_fraction/rate"))

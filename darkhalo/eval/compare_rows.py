@@ -16,7 +16,7 @@ import pyarrow as pa
 
 PARTS = ("injection", "hard_negative", "anchor")
 STATIC_COLUMNS = ("label", "healpix_pixel", "theta_e_arcsec", "arc_snr", "src_mag_r", "group",
-                  "arc_flux_frac_outside_core")
+                  "arc_snr_core")
 
 
 class BenchmarkMismatch(ValueError):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 VERDICTS = ("better", "worse", "not distinguishable", "not resolvable")
 # headline differences in the verdict: summary key -> label
 VERDICT_METRICS = (("auc", "ROC AUC"), ("completeness", "completeness at the operating threshold"),
@@ -21,6 +23,14 @@ REMEDIATIONS = (
     ("residual model input (lens light subtracted)", "preprocessing", ("model_gates",)),
     ("arc-S/N targeting and wider grids", None, ("completeness", "completeness_theta_e", "completeness_arc_snr", "roc")),
 )
+
+
+def gate17_resolved(arc_snr_core, max_core_arc_snr: float) -> np.ndarray:
+    """Positives gate 1.7 judges: matched-filter S/N of the arc light left in the core < ``max_core_arc_snr``.
+
+    NaN (controls, other parts) is never resolved.  One rule for evaluate's gate and compare's difference.
+    """
+    return np.nan_to_num(np.asarray(arc_snr_core, dtype=np.float64), nan=np.inf) < max_core_arc_snr
 
 
 def interval_decimals(lo: float, hi: float) -> int:

@@ -176,8 +176,8 @@ def model_gates_suite() -> list[dict]:
     """Expectations of the model gates, over per-row outcome columns of the benchmark scores table.
 
     ``control_above_threshold``: 1 where a test control scores >= the operating threshold (1.3);
-    ``detected_retained``: 1 where a detected positive (>= 50% of its arc outside the core) is
-    still detected with the arc removed outside the core (1.7).  Their means are the rates.
+    ``detected_retained``: 1 where a detected positive (arc light left in the core below
+    ``gate17_max_core_arc_snr``) is still detected with the arc removed outside the core (1.7).  Their means are the rates.
     """
     return [
         _e("expect_column_mean_to_be_between", id="1.3:fraction_above_threshold", table="model_scores",
