@@ -169,7 +169,7 @@ def moffat_transfer(fwhm_arcsec, settings: RenderSettings):
     For half-integer beta the 2-d Fourier transform of a Moffat profile is closed
     form, 2 (z/2)^nu K_nu(z) / Gamma(nu) with nu = beta - 1 and z = 2 pi alpha f,
     where K_{m+1/2}(z) = sqrt(pi/2z) e^-z sum_j (m+j)!/(j!(m-j)!) (2z)^-j; this
-    saves the kernel FFT.  Other beta values FFT the sampled kernel instead.
+    saves the kernel FFT.  Other beta values FFT the sampled kernel instead (centred, so real).
     """
     n = fft_size(settings)
     beta = settings.moffat_beta
@@ -178,7 +178,7 @@ def moffat_transfer(fwhm_arcsec, settings: RenderSettings):
         k = kern.shape[-1]
         centred = torch.roll(torch.nn.functional.pad(kern, (0, n - k, 0, n - k)),
                              shifts=(-(k // 2), -(k // 2)), dims=(-2, -1))
-        return torch.fft.rfft2(centred)
+        return torch.fft.rfft2(centred).real   # centred and even: a real spectrum
     m = int(beta - 1.5)  # nu = m + 1/2
     alpha_pix = fwhm_arcsec / settings.pixel_scale_arcsec / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
     # |f| is even in f_y: evaluate the rows f_y >= 0 (0 .. n//2) and mirror them onto f_y < 0
