@@ -59,6 +59,10 @@ class RenderSettings:
 
 
 EXP_FLOOR = -80.0   # lowest exponent passed to exp (arguments below give < 1e-34: zero for our purposes)
+LOG2E = 1.0 / math.log(2.0)
+# the fused pass uses exp2 (and atan2): torch's own vectorised kernels, where exp, log, atan and atanh go
+# through MKL's vector math, 2-6x slower under the MKL_CBWR=COMPATIBLE pin (darkhalo/__init__.py)
+EXP2_FLOOR = EXP_FLOOR * LOG2E   # EXP_FLOOR for exp2
 
 def sie_shear_deflection(x, y, p):
     """Deflection (alpha_x, alpha_y) in arcsec of SIE + external shear at image-plane (x, y).
@@ -250,18 +254,20 @@ def trace_coefficients(p: dict) -> dict:
     ox, oy = p["lens_x_arcsec"] - p["src_x_arcsec"], p["lens_y_arcsec"] - p["src_y_arcsec"]
     n, re, qs = p["src_n_sersic"], p["src_reff_arcsec"], p["src_q"]
     bn = sersic_b(n)
-    k = {"xe_x": ecc * cl, "xe_y": ecc * sl, "ye_x": -ecc * sl, "ye_y": ecc * cl, "q2": q * q, "ecc": ecc,
+    k = {"xe_x": ecc * cl, "xe_y": ecc * sl, "ye_x": -ecc * sl, "ye_y": ecc * cl, "q2": q * q, "inv_ecc": 1.0 / ecc,
          "m00": cs * (1 - g1) - ss * g2, "m01": ss * (1 + g1) - cs * g2,
          "m10": -ss * (1 - g1) - cs * g2, "m11": cs * (1 + g1) + ss * g2,
          "off0": cs * ox + ss * oy, "off1": -ss * ox + cs * oy,
-         # u = atan(e x'/psi) and v = log1p(2w/(1-w)) = 2 atanh(w), w = e y'/psi, enter with these weights
-         "xs_u": -b_over_e * cd, "xs_v": -0.5 * b_over_e * sd, "ys_u": b_over_e * sd, "ys_v": -0.5 * b_over_e * cd,
-         "q_s": qs, "inv_q_s": 1.0 / qs, "half_inv_n": 0.5 / n, "log_re_over_n": -torch.log(re) / n, "neg_bn": -bn,
-         "sersic_log": bn - sersic_log_norm(n, re)}
-    if "clump_dx_arcsec" in p:   # (B, K): clump centres in the source frame, Gaussian exponents
+         # u = atan(e x'/psi) and v = atanh(e y'/psi) enter with these weights
+         "xs_u": -b_over_e * cd, "xs_v": -b_over_e * sd, "ys_u": b_over_e * sd, "ys_v": -b_over_e * cd,
+         "q_s": qs, "inv_q_s": 1.0 / qs,
+         # log2 of b_n (r / R_e)^(1/n) / ln 2 = log(r^2) / (2 n ln 2) + log2(b_n / (R_e^(1/n) ln 2))
+         "sersic_slope": LOG2E * 0.5 / n, "sersic_offset": LOG2E * (torch.log(bn * LOG2E) - torch.log(re) / n),
+         "sersic_log2": LOG2E * (bn - sersic_log_norm(n, re))}
+    if "clump_dx_arcsec" in p:   # (B, K): clump centres in the source frame, Gaussian exponents (base 2)
         dxc, dyc, sig = p["clump_dx_arcsec"], p["clump_dy_arcsec"], p["clump_sigma_arcsec"]
         k |= {"clump_x": cs[:, None] * dxc + ss[:, None] * dyc, "clump_y": -ss[:, None] * dxc + cs[:, None] * dyc,
-              "clump_a": -0.5 / sig**2, "clump_log": -torch.log(2.0 * math.pi * sig**2)}
+              "clump_a": -0.5 * LOG2E / sig**2, "clump_log2": -LOG2E * torch.log(2.0 * math.pi * sig**2)}
     return k
 
 
@@ -283,26 +289,22 @@ def unit_fluxes(gx, gy, cells: dict):
 
     xe = affine(k["xe_x"], k["xe_y"], k["xe_0"])   # e x' in the lens frame, e = sqrt(1 - q^2)
     ye = affine(k["ye_x"], k["ye_y"], k["ye_0"])
-    inv = torch.mul(xe, xe).mul_(k["q2"]).addcmul_(ye, ye).clamp_min_(1e-32).rsqrt_().mul_(k["ecc"])   # 1 / psi
-    u = xe.mul_(inv).atan_()
-    ratio = ye.mul_(inv)   # z = e y' / psi in [-1, 1]
-    # 2 atanh(z) = log1p(x), x = 2z / (1 - z): log of the rounded 1 + x, less the rounding error over
-    # 1 + x, so the result stays exact to float32 rounding relative to x as z -> 0 (q -> 1)
-    x = ratio.div_(torch.mul(ratio, -0.5, out=inv).add_(0.5).clamp_min_(6e-8))
-    one_plus = torch.add(x, 1.0, out=inv)
-    rounding = torch.sub(one_plus, 1.0).sub_(x).div_(one_plus)
-    v = one_plus.log_().sub_(rounding)
+    psi = torch.mul(xe, xe).mul_(k["q2"]).addcmul_(ye, ye).clamp_min_(1e-32).sqrt_().mul_(k["inv_ecc"])
+    u = xe.atan2_(psi)   # atan(e x' / psi)
+    # atanh(z), z = e y' / psi, |z| <= e < 1: torch's atanh keeps float32 accuracy relative to z as z -> 0
+    # (q -> 1, where the SIE's 1/e multiplies any absolute error)
+    v = ye.div_(psi).clamp_(-0.9999999, 0.9999999).atanh_()
     xs = affine(k["m00"], k["m01"], k["xs_0"]).addcmul_(u, k["xs_u"]).addcmul_(v, k["xs_v"])
     ys = affine(k["m10"], k["m11"], k["ys_0"]).addcmul_(u, k["ys_u"]).addcmul_(v, k["ys_v"])
-    r2 = torch.mul(xs, xs, out=u).mul_(k["q_s"]).addcmul_(torch.mul(ys, k["inv_q_s"], out=rounding), ys)
-    # ln flux = -b_n (r / R_e)^(1/n) + b_n - ln norm + ln area; exponents floored at EXP_FLOOR (see sersic_unit_sb)
-    power = r2.clamp_min_(1e-10).log_().mul_(k["half_inv_n"]).add_(k["log_re_over_n"]).exp_()
-    parts = [_exp_binned(power.mul_(k["neg_bn"]).add_(k["sersic_log"]), h, w, s)]
+    r2 = torch.mul(xs, xs, out=u).mul_(k["q_s"]).addcmul_(torch.mul(ys, k["inv_q_s"], out=psi), ys)
+    # log2 flux = (b_n - b_n (r / R_e)^(1/n) - ln norm + ln area) / ln 2, floored at EXP2_FLOOR (see sersic_unit_sb)
+    power = r2.clamp_min_(1e-10).log_().mul_(k["sersic_slope"]).add_(k["sersic_offset"]).exp2_()
+    parts = [_exp2_binned(torch.sub(k["sersic_log2"], power, out=power), h, w, s)]
     for c in range(k["n_clumps"]):
         r2 = torch.sub(xs, k[f"clump_x{c}"], out=u).square_()
         e = torch.sub(ys, k[f"clump_y{c}"], out=v)
         r2.addcmul_(e, e)
-        parts.append(_exp_binned(r2.mul_(k[f"clump_a{c}"]).add_(k[f"clump_log{c}"]), h, w, s))
+        parts.append(_exp2_binned(r2.mul_(k[f"clump_a{c}"]).add_(k[f"clump_log2{c}"]), h, w, s))
     return torch.stack(parts, dim=1)
 
 
@@ -313,24 +315,24 @@ def cell_constants(k: dict, origin_x, origin_y, pixel_area_arcsec2: float) -> di
     def col(t):
         return t.reshape(len(origin_x), 1, 1, 1, 1)
 
-    out = {key: col(k[key]) for key in ("xe_x", "xe_y", "ye_x", "ye_y", "q2", "ecc", "m00", "m01", "m10", "m11",
-                                        "xs_u", "xs_v", "ys_u", "ys_v", "q_s", "inv_q_s", "half_inv_n",
-                                        "log_re_over_n", "neg_bn")}
-    log_area = math.log(pixel_area_arcsec2)
+    out = {key: col(k[key]) for key in ("xe_x", "xe_y", "ye_x", "ye_y", "q2", "inv_ecc", "m00", "m01", "m10", "m11",
+                                        "xs_u", "xs_v", "ys_u", "ys_v", "q_s", "inv_q_s", "sersic_slope",
+                                        "sersic_offset")}
+    log2_area = LOG2E * math.log(pixel_area_arcsec2)
     out |= {"xe_0": col(k["xe_x"] * origin_x + k["xe_y"] * origin_y),
             "ye_0": col(k["ye_x"] * origin_x + k["ye_y"] * origin_y),
             "xs_0": col(k["m00"] * origin_x + k["m01"] * origin_y + k["off0"]),
             "ys_0": col(k["m10"] * origin_x + k["m11"] * origin_y + k["off1"]),
-            "sersic_log": col(k["sersic_log"] + log_area), "n_clumps": k["clump_x"].shape[1] if "clump_x" in k else 0}
+            "sersic_log2": col(k["sersic_log2"] + log2_area), "n_clumps": k["clump_x"].shape[1] if "clump_x" in k else 0}
     for c in range(out["n_clumps"]):
         out |= {f"clump_x{c}": col(k["clump_x"][:, c]), f"clump_y{c}": col(k["clump_y"][:, c]),
-                f"clump_a{c}": col(k["clump_a"][:, c]), f"clump_log{c}": col(k["clump_log"][:, c] + log_area)}
+                f"clump_a{c}": col(k["clump_a"][:, c]), f"clump_log2{c}": col(k["clump_log2"][:, c] + log2_area)}
     return out
 
 
-def _exp_binned(log_flux, h, w, s):
-    """exp of sub-pixel log-fluxes (N, s, s, h, w), floored at EXP_FLOOR, summed over each pixel: (N, h, w)."""
-    flux = log_flux.clamp_min_(EXP_FLOOR).exp_()
+def _exp2_binned(log2_flux, h, w, s):
+    """2^ of sub-pixel log2-fluxes (N, s, s, h, w), floored at EXP2_FLOOR, summed over each pixel: (N, h, w)."""
+    flux = log2_flux.clamp_min_(EXP2_FLOOR).exp2_()
     # a copy either way: the caller reuses the buffer for the next component
     return flux.view(-1, h, w).clone() if s == 1 else flux.view(-1, s * s, h * w).sum(1).view(-1, h, w)
 
