@@ -88,7 +88,7 @@ def test_cuda_matches_cpu():
 
 @pytest.mark.parametrize("npix,ss,lo", [(4, 4, 28), (64, 1, 0)])
 def test_fused_evaluation_equals_the_reference_functions(npix, ss, lo):
-    """unit_fluxes (affine source frame, folded normalisations, exp2, atan2, atanh) = sie_shear_deflection +
+    """unit_fluxes (affine source frame, folded normalisations, exp2, atan2, atanh via log1p) = sie_shear_deflection +
     sersic_unit_sb / gaussian_unit_sb, in float64, on random rows with the edge cases (q = 1, theta_E of one
     pixel, sources on the caustic)."""
     from darkhalo.physics import lensing

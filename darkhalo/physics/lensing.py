@@ -186,18 +186,15 @@ def moffat_transfer(fwhm_arcsec, settings: RenderSettings):
     m = int(beta - 1.5)  # nu = m + 1/2
     alpha_pix = fwhm_arcsec / settings.pixel_scale_arcsec / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
     # |f| is even in f_y: evaluate the rows f_y >= 0 (0 .. n//2) and mirror them onto f_y < 0
-    rows = n // 2 + 1
-    z = _frequency_radius(n, str(fwhm_arcsec.device))[:rows] * (2.0 * math.pi * alpha_pix)[..., None, None]
+    z = _frequency_radius(n, str(fwhm_arcsec.device))[: n // 2 + 1] * (2.0 * math.pi * alpha_pix)[..., None, None]
     # 2 (z/2)^nu K_nu(z) / Gamma(nu) = sqrt(pi) z^m e^-z sum_j c_j (2z)^-j / (2^(m) Gamma(nu)), in powers of z
     norm = math.sqrt(math.pi) / (2**m * math.gamma(beta - 1.0))
     coeffs = [norm * math.factorial(m + j) / (math.factorial(j) * math.factorial(m - j)) / 2**j for j in range(m + 1)]
     poly = torch.full_like(z, coeffs[0])
     for c in coeffs[1:]:   # Horner: ((c0 z + c1) z + c2) ...
         poly.mul_(z).add_(c)
-    transfer = z.new_empty(z.shape[:-2] + (n, z.shape[-1]))
-    half = torch.mul(poly, z.mul_(-LOG2E).exp2_(), out=transfer[..., :rows, :])   # e^-z as exp2 (see EXP2_FLOOR)
-    transfer[..., rows:, :] = half[..., 1:(n + 1) // 2, :].flip(-2)
-    return transfer
+    half = poly.mul_(z.mul_(-LOG2E).exp2_())   # e^-z as exp2 (see EXP2_FLOOR)
+    return torch.cat([half, half[..., 1:(n + 1) // 2, :].flip(-2)], dim=-2)
 
 
 @functools.lru_cache(maxsize=8)
@@ -261,8 +258,8 @@ def trace_coefficients(p: dict) -> dict:
          "m00": cs * (1 - g1) - ss * g2, "m01": ss * (1 + g1) - cs * g2,
          "m10": -ss * (1 - g1) - cs * g2, "m11": cs * (1 + g1) + ss * g2,
          "off0": cs * ox + ss * oy, "off1": -ss * ox + cs * oy,
-         # u = atan(e x'/psi) and v = atanh(e y'/psi) enter with these weights
-         "xs_u": -b_over_e * cd, "xs_v": -b_over_e * sd, "ys_u": b_over_e * sd, "ys_v": -b_over_e * cd,
+         # u = atan(e x'/psi) and v = 2 atanh(e y'/psi) enter with these weights
+         "xs_u": -b_over_e * cd, "xs_v": -0.5 * b_over_e * sd, "ys_u": b_over_e * sd, "ys_v": -0.5 * b_over_e * cd,
          "q_s": qs, "inv_q_s": 1.0 / qs,
          # log2 of b_n (r / R_e)^(1/n) / ln 2 = log(r^2) / (2 n ln 2) + log2(b_n / (R_e^(1/n) ln 2))
          "sersic_slope": LOG2E * 0.5 / n, "sersic_offset": LOG2E * (torch.log(bn * LOG2E) - torch.log(re) / n),
@@ -294,9 +291,9 @@ def unit_fluxes(gx, gy, cells: dict):
     ye = affine(k["ye_x"], k["ye_y"], k["ye_0"])
     psi = torch.mul(xe, xe).mul_(k["q2"]).addcmul_(ye, ye).clamp_min_(1e-32).sqrt_().mul_(k["inv_ecc"])
     u = xe.atan2_(psi)   # atan(e x' / psi)
-    # atanh(z), z = e y' / psi, |z| <= e < 1: torch's atanh keeps float32 accuracy relative to z as z -> 0
-    # (q -> 1, where the SIE's 1/e multiplies any absolute error)
-    v = ye.div_(psi).clamp_(-0.9999999, 0.9999999).atanh_()
+    # 2 atanh(z) = log1p(2 z / (1 - z)) = log1p(2 e y' / (psi - e y')), z = e y' / psi, |z| <= e < 1: log1p keeps
+    # float32 accuracy relative to z as z -> 0 (q -> 1, where the SIE's 1/e multiplies any absolute error)
+    v = ye.div_(torch.sub(psi, ye, out=psi).clamp_min_(1e-30)).mul_(2.0).log1p_()
     xs = affine(k["m00"], k["m01"], k["xs_0"]).addcmul_(u, k["xs_u"]).addcmul_(v, k["xs_v"])
     ys = affine(k["m10"], k["m11"], k["ys_0"]).addcmul_(u, k["ys_u"]).addcmul_(v, k["ys_v"])
     r2 = torch.mul(xs, xs, out=u).mul_(k["q_s"]).addcmul_(torch.mul(ys, k["inv_q_s"], out=psi), ys)
