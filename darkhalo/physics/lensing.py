@@ -271,8 +271,9 @@ def trace_coefficients(p: dict) -> dict:
     return k
 
 
-def unit_fluxes(gx, gy, cells: dict):
-    """Flux per pixel (N, C, h, w) of each unit-flux component (Sersic, then clumps) for N cells (a view).
+def unit_fluxes(gx, gy, cells: dict, out=None):
+    """Flux per pixel (N, C, h, w) of each unit-flux component (Sersic, then clumps) for N cells, in ``out``
+    if given.
 
     ``gx``, ``gy`` (s, s, h, w) are the sub-pixel offsets (arcsec) within a cell (s sub-pixels
     per pixel axis, the same for every cell; sub-pixel index first, so the per-pixel sums add
@@ -297,16 +298,17 @@ def unit_fluxes(gx, gy, cells: dict):
     xs = affine(k["m00"], k["m01"], k["xs_0"]).addcmul_(u, k["xs_u"]).addcmul_(v, k["xs_v"])
     ys = affine(k["m10"], k["m11"], k["ys_0"]).addcmul_(u, k["ys_u"]).addcmul_(v, k["ys_v"])
     r2 = torch.mul(xs, xs, out=u).mul_(k["q_s"]).addcmul_(torch.mul(ys, k["inv_q_s"], out=psi), ys)
-    out = xs.new_empty((1 + k["n_clumps"], len(xs), h, w))   # component-major: each a contiguous (N, h, w)
+    if out is None:
+        out = xs.new_empty((len(xs), 1 + k["n_clumps"], h, w))
     # log2 flux = (b_n - b_n (r / R_e)^(1/n) - ln norm + ln area) / ln 2, floored at EXP2_FLOOR (see sersic_unit_sb)
     power = r2.clamp_min_(1e-10).log_().mul_(k["sersic_slope"]).add_(k["sersic_offset"]).exp2_()
-    _exp2_binned(torch.sub(k["sersic_log2"], power, out=power), out[0])
+    _exp2_binned(torch.sub(k["sersic_log2"], power, out=power), out[:, 0])
     for c in range(k["n_clumps"]):
         r2 = torch.sub(xs, k[f"clump_x{c}"], out=u).square_()
         e = torch.sub(ys, k[f"clump_y{c}"], out=v)
         r2.addcmul_(e, e)
-        _exp2_binned(r2.mul_(k[f"clump_a{c}"]).add_(k[f"clump_log2{c}"]), out[1 + c])
-    return out.transpose(0, 1)
+        _exp2_binned(r2.mul_(k[f"clump_a{c}"]).add_(k[f"clump_log2{c}"]), out[:, 1 + c])
+    return out
 
 
 def cell_constants(k: dict, origin_x, origin_y, pixel_area_arcsec2: float) -> dict:
@@ -338,7 +340,7 @@ def _exp2_binned(log2_flux, out):
     if flux.numel() == out.numel():   # one sample per pixel
         torch.exp2(flux.view(n, h, w), out=out)
     else:
-        torch.sum(flux.exp2_().view(n, -1, h * w), 1, out=out.view(n, h * w))
+        torch.sum(flux.exp2_().view(n, -1, h, w), 1, out=out)
 
 
 CHUNK_POINTS = 1 << 16   # sub-pixels per unit_fluxes call: its ~6 live buffers stay in a core's L2 cache
@@ -366,8 +368,11 @@ def _render_cells(k, p, idx, lo_x, lo_y, npix, ss, settings):
                            _cell_origin(lo_y, settings, p["lens_y_arcsec"][idx]), (settings.pixel_scale_arcsec / ss) ** 2)
     names = [key for key in cells if key != "n_clumps"]
     table = torch.stack([cells[key] for key in names], 1)   # (N, K, 1, 1, 1, 1): one slice per chunk
-    return torch.cat([unit_fluxes(gx, gy, dict(zip(names, table[lo:lo + per_chunk].unbind(1)), n_clumps=cells["n_clumps"]))
-                      for lo in range(0, len(idx), per_chunk)])
+    out = table.new_empty((len(idx), 1 + cells["n_clumps"], npix, npix))
+    for lo in range(0, len(idx), per_chunk):
+        rows = dict(zip(names, table[lo:lo + per_chunk].unbind(1)), n_clumps=cells["n_clumps"])
+        unit_fluxes(gx, gy, rows, out[lo:lo + per_chunk])
+    return out
 
 
 def render_unit_components(p: dict, settings: RenderSettings, source_images=None,
@@ -407,8 +412,10 @@ def render_unit_components(p: dict, settings: RenderSettings, source_images=None
     if size % tile_pix:
         tile_pix = size
     n_tiles = size // tile_pix
-    tiles = coarse.view(n_b, coarse.shape[1], n_tiles, tile_pix, n_tiles, tile_pix)
-    tile_max = tiles.amax(5).amax(3)   # (B, C, n_tiles, n_tiles); one axis at a time: 2x faster than max_pool2d
+    # (B, C, n_tiles, n_tiles): over each tile's rows (whole image rows at a time), then its columns; 6x faster
+    # than max_pool2d
+    n_c = coarse.shape[1]
+    tile_max = coarse.view(n_b, n_c, n_tiles, tile_pix, size).amax(3).view(n_b, n_c, n_tiles, n_tiles, tile_pix).amax(4)
     peak = tile_max.amax(dim=(2, 3))[:, :, None, None]  # (B, C, 1, 1)
     hot = (tile_max > settings.refine_rel * peak).any(dim=1)  # (B, n_tiles, n_tiles)
     # grow by one tile (3 x 3 neighbourhood): a thin arc can slip between the coarse samples of a neighbouring tile
@@ -417,8 +424,8 @@ def render_unit_components(p: dict, settings: RenderSettings, source_images=None
     b_idx, ty, tx = torch.nonzero(hot[:, :, :-2] | hot[:, :, 1:-1] | hot[:, :, 2:], as_tuple=True)
     if b_idx.numel():
         # the refined tiles' pixels in the flattened batch: first pixel + (component, row, column) offsets
-        first = (b_idx * coarse.shape[1] * size + ty * tile_pix) * size + tx * tile_pix
-        within = _cell_offsets(coarse.shape[1], tile_pix, size, device)
+        first = (b_idx * n_c * size + ty * tile_pix) * size + tx * tile_pix
+        within = _cell_offsets(n_c, tile_pix, size, device)
         coarse.view(-1).index_copy_(0, (first[:, None] + within).view(-1),
                                     draw(b_idx, tx * tile_pix, ty * tile_pix, tile_pix, ss).view(-1))
     return coarse
