@@ -59,6 +59,10 @@ class RenderSettings:
 
 
 EXP_FLOOR = -80.0   # lowest exponent passed to exp (arguments below give < 1e-34: zero for our purposes)
+LOG2E = 1.0 / math.log(2.0)
+# the fused pass uses exp2 (and atan2): torch's own vectorised kernels, where exp, log, atan and atanh go
+# through MKL's vector math, 2-6x slower under the MKL_CBWR=COMPATIBLE pin (darkhalo/__init__.py)
+EXP2_FLOOR = EXP_FLOOR * LOG2E   # EXP_FLOOR for exp2
 
 def sie_shear_deflection(x, y, p):
     """Deflection (alpha_x, alpha_y) in arcsec of SIE + external shear at image-plane (x, y).
@@ -169,7 +173,7 @@ def moffat_transfer(fwhm_arcsec, settings: RenderSettings):
     For half-integer beta the 2-d Fourier transform of a Moffat profile is closed
     form, 2 (z/2)^nu K_nu(z) / Gamma(nu) with nu = beta - 1 and z = 2 pi alpha f,
     where K_{m+1/2}(z) = sqrt(pi/2z) e^-z sum_j (m+j)!/(j!(m-j)!) (2z)^-j; this
-    saves the kernel FFT.  Other beta values FFT the sampled kernel instead.
+    saves the kernel FFT.  Other beta values FFT the sampled kernel instead (centred, so real).
     """
     n = fft_size(settings)
     beta = settings.moffat_beta
@@ -178,7 +182,7 @@ def moffat_transfer(fwhm_arcsec, settings: RenderSettings):
         k = kern.shape[-1]
         centred = torch.roll(torch.nn.functional.pad(kern, (0, n - k, 0, n - k)),
                              shifts=(-(k // 2), -(k // 2)), dims=(-2, -1))
-        return torch.fft.rfft2(centred)
+        return torch.fft.rfft2(centred).real   # centred and even: a real spectrum
     m = int(beta - 1.5)  # nu = m + 1/2
     alpha_pix = fwhm_arcsec / settings.pixel_scale_arcsec / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
     # |f| is even in f_y: evaluate the rows f_y >= 0 (0 .. n//2) and mirror them onto f_y < 0
@@ -189,7 +193,7 @@ def moffat_transfer(fwhm_arcsec, settings: RenderSettings):
     poly = torch.full_like(z, coeffs[0])
     for c in coeffs[1:]:   # Horner: ((c0 z + c1) z + c2) ...
         poly.mul_(z).add_(c)
-    half = poly.mul_(z.neg_().exp_())
+    half = poly.mul_(z.mul_(-LOG2E).exp2_())   # e^-z as exp2 (see EXP2_FLOOR)
     return torch.cat([half, half[..., 1:(n + 1) // 2, :].flip(-2)], dim=-2)
 
 
@@ -205,7 +209,7 @@ def convolve_with_transfer(images, transfer, size: int):
     """Images (..., size, size) convolved with PSFs given as rfft2 transfer functions (..., n, n//2+1)."""
     n = transfer.shape[-2]
     spectra = torch.fft.rfft2(images, s=(n, n))
-    torch.view_as_real(spectra).mul_(transfer[..., None])   # real transfer: no complex product
+    spectra.mul_(transfer)   # a real factor: torch multiplies both parts, no complex product
     # inverse along the rows first, then only the stamp's rows along the columns (a pruned irfft2)
     return torch.fft.irfft(torch.fft.ifft(spectra, dim=-2)[..., :size, :], n=n, dim=-1)[..., :size]
 
@@ -250,23 +254,26 @@ def trace_coefficients(p: dict) -> dict:
     ox, oy = p["lens_x_arcsec"] - p["src_x_arcsec"], p["lens_y_arcsec"] - p["src_y_arcsec"]
     n, re, qs = p["src_n_sersic"], p["src_reff_arcsec"], p["src_q"]
     bn = sersic_b(n)
-    k = {"xe_x": ecc * cl, "xe_y": ecc * sl, "ye_x": -ecc * sl, "ye_y": ecc * cl, "q2": q * q, "ecc": ecc,
+    k = {"xe_x": ecc * cl, "xe_y": ecc * sl, "ye_x": -ecc * sl, "ye_y": ecc * cl, "q2": q * q, "inv_ecc": 1.0 / ecc,
          "m00": cs * (1 - g1) - ss * g2, "m01": ss * (1 + g1) - cs * g2,
          "m10": -ss * (1 - g1) - cs * g2, "m11": cs * (1 + g1) + ss * g2,
          "off0": cs * ox + ss * oy, "off1": -ss * ox + cs * oy,
-         # u = atan(e x'/psi) and v = log1p(2w/(1-w)) = 2 atanh(w), w = e y'/psi, enter with these weights
+         # u = atan(e x'/psi) and v = 2 atanh(e y'/psi) enter with these weights
          "xs_u": -b_over_e * cd, "xs_v": -0.5 * b_over_e * sd, "ys_u": b_over_e * sd, "ys_v": -0.5 * b_over_e * cd,
-         "q_s": qs, "inv_q_s": 1.0 / qs, "half_inv_n": 0.5 / n, "log_re_over_n": -torch.log(re) / n, "neg_bn": -bn,
-         "sersic_log": bn - sersic_log_norm(n, re)}
-    if "clump_dx_arcsec" in p:   # (B, K): clump centres in the source frame, Gaussian exponents
+         "q_s": qs, "inv_q_s": 1.0 / qs,
+         # log2 of b_n (r / R_e)^(1/n) / ln 2 = log(r^2) / (2 n ln 2) + log2(b_n / (R_e^(1/n) ln 2))
+         "sersic_slope": LOG2E * 0.5 / n, "sersic_offset": LOG2E * (torch.log(bn * LOG2E) - torch.log(re) / n),
+         "sersic_log2": LOG2E * (bn - sersic_log_norm(n, re))}
+    if "clump_dx_arcsec" in p:   # (B, K): clump centres in the source frame, Gaussian exponents (base 2)
         dxc, dyc, sig = p["clump_dx_arcsec"], p["clump_dy_arcsec"], p["clump_sigma_arcsec"]
         k |= {"clump_x": cs[:, None] * dxc + ss[:, None] * dyc, "clump_y": -ss[:, None] * dxc + cs[:, None] * dyc,
-              "clump_a": -0.5 / sig**2, "clump_log": -torch.log(2.0 * math.pi * sig**2)}
+              "clump_a": -0.5 * LOG2E / sig**2, "clump_log2": -LOG2E * torch.log(2.0 * math.pi * sig**2)}
     return k
 
 
-def unit_fluxes(gx, gy, cells: dict):
-    """Flux per pixel (N, C, h, w) of each unit-flux component (Sersic, then clumps) for N cells.
+def unit_fluxes(gx, gy, cells: dict, out=None):
+    """Flux per pixel (N, C, h, w) of each unit-flux component (Sersic, then clumps) for N cells, in ``out``
+    if given.
 
     ``gx``, ``gy`` (s, s, h, w) are the sub-pixel offsets (arcsec) within a cell (s sub-pixels
     per pixel axis, the same for every cell; sub-pixel index first, so the per-pixel sums add
@@ -283,27 +290,25 @@ def unit_fluxes(gx, gy, cells: dict):
 
     xe = affine(k["xe_x"], k["xe_y"], k["xe_0"])   # e x' in the lens frame, e = sqrt(1 - q^2)
     ye = affine(k["ye_x"], k["ye_y"], k["ye_0"])
-    inv = torch.mul(xe, xe).mul_(k["q2"]).addcmul_(ye, ye).clamp_min_(1e-32).rsqrt_().mul_(k["ecc"])   # 1 / psi
-    u = xe.mul_(inv).atan_()
-    ratio = ye.mul_(inv)   # z = e y' / psi in [-1, 1]
-    # 2 atanh(z) = log1p(x), x = 2z / (1 - z): log of the rounded 1 + x, less the rounding error over
-    # 1 + x, so the result stays exact to float32 rounding relative to x as z -> 0 (q -> 1)
-    x = ratio.div_(torch.mul(ratio, -0.5, out=inv).add_(0.5).clamp_min_(6e-8))
-    one_plus = torch.add(x, 1.0, out=inv)
-    rounding = torch.sub(one_plus, 1.0).sub_(x).div_(one_plus)
-    v = one_plus.log_().sub_(rounding)
+    psi = torch.mul(xe, xe).mul_(k["q2"]).addcmul_(ye, ye).clamp_min_(1e-32).sqrt_().mul_(k["inv_ecc"])
+    u = xe.atan2_(psi)   # atan(e x' / psi)
+    # 2 atanh(z) = log1p(2 z / (1 - z)) = log1p(2 e y' / (psi - e y')), z = e y' / psi, |z| <= e < 1: log1p keeps
+    # float32 accuracy relative to z as z -> 0 (q -> 1, where the SIE's 1/e multiplies any absolute error)
+    v = ye.div_(torch.sub(psi, ye, out=psi).clamp_min_(1e-30)).mul_(2.0).log1p_()
     xs = affine(k["m00"], k["m01"], k["xs_0"]).addcmul_(u, k["xs_u"]).addcmul_(v, k["xs_v"])
     ys = affine(k["m10"], k["m11"], k["ys_0"]).addcmul_(u, k["ys_u"]).addcmul_(v, k["ys_v"])
-    r2 = torch.mul(xs, xs, out=u).mul_(k["q_s"]).addcmul_(torch.mul(ys, k["inv_q_s"], out=rounding), ys)
-    # ln flux = -b_n (r / R_e)^(1/n) + b_n - ln norm + ln area; exponents floored at EXP_FLOOR (see sersic_unit_sb)
-    power = r2.clamp_min_(1e-10).log_().mul_(k["half_inv_n"]).add_(k["log_re_over_n"]).exp_()
-    parts = [_exp_binned(power.mul_(k["neg_bn"]).add_(k["sersic_log"]), h, w, s)]
+    r2 = torch.mul(xs, xs, out=u).mul_(k["q_s"]).addcmul_(torch.mul(ys, k["inv_q_s"], out=psi), ys)
+    if out is None:
+        out = xs.new_empty((len(xs), 1 + k["n_clumps"], h, w))
+    # log2 flux = (b_n - b_n (r / R_e)^(1/n) - ln norm + ln area) / ln 2, floored at EXP2_FLOOR (see sersic_unit_sb)
+    power = r2.clamp_min_(1e-10).log_().mul_(k["sersic_slope"]).add_(k["sersic_offset"]).exp2_()
+    _exp2_binned(torch.sub(k["sersic_log2"], power, out=power), out[:, 0])
     for c in range(k["n_clumps"]):
         r2 = torch.sub(xs, k[f"clump_x{c}"], out=u).square_()
         e = torch.sub(ys, k[f"clump_y{c}"], out=v)
         r2.addcmul_(e, e)
-        parts.append(_exp_binned(r2.mul_(k[f"clump_a{c}"]).add_(k[f"clump_log{c}"]), h, w, s))
-    return torch.stack(parts, dim=1)
+        _exp2_binned(r2.mul_(k[f"clump_a{c}"]).add_(k[f"clump_log2{c}"]), out[:, 1 + c])
+    return out
 
 
 def cell_constants(k: dict, origin_x, origin_y, pixel_area_arcsec2: float) -> dict:
@@ -313,26 +318,29 @@ def cell_constants(k: dict, origin_x, origin_y, pixel_area_arcsec2: float) -> di
     def col(t):
         return t.reshape(len(origin_x), 1, 1, 1, 1)
 
-    out = {key: col(k[key]) for key in ("xe_x", "xe_y", "ye_x", "ye_y", "q2", "ecc", "m00", "m01", "m10", "m11",
-                                        "xs_u", "xs_v", "ys_u", "ys_v", "q_s", "inv_q_s", "half_inv_n",
-                                        "log_re_over_n", "neg_bn")}
-    log_area = math.log(pixel_area_arcsec2)
+    out = {key: col(k[key]) for key in ("xe_x", "xe_y", "ye_x", "ye_y", "q2", "inv_ecc", "m00", "m01", "m10", "m11",
+                                        "xs_u", "xs_v", "ys_u", "ys_v", "q_s", "inv_q_s", "sersic_slope",
+                                        "sersic_offset")}
+    log2_area = LOG2E * math.log(pixel_area_arcsec2)
     out |= {"xe_0": col(k["xe_x"] * origin_x + k["xe_y"] * origin_y),
             "ye_0": col(k["ye_x"] * origin_x + k["ye_y"] * origin_y),
             "xs_0": col(k["m00"] * origin_x + k["m01"] * origin_y + k["off0"]),
             "ys_0": col(k["m10"] * origin_x + k["m11"] * origin_y + k["off1"]),
-            "sersic_log": col(k["sersic_log"] + log_area), "n_clumps": k["clump_x"].shape[1] if "clump_x" in k else 0}
+            "sersic_log2": col(k["sersic_log2"] + log2_area), "n_clumps": k["clump_x"].shape[1] if "clump_x" in k else 0}
     for c in range(out["n_clumps"]):
         out |= {f"clump_x{c}": col(k["clump_x"][:, c]), f"clump_y{c}": col(k["clump_y"][:, c]),
-                f"clump_a{c}": col(k["clump_a"][:, c]), f"clump_log{c}": col(k["clump_log"][:, c] + log_area)}
+                f"clump_a{c}": col(k["clump_a"][:, c]), f"clump_log2{c}": col(k["clump_log2"][:, c] + log2_area)}
     return out
 
 
-def _exp_binned(log_flux, h, w, s):
-    """exp of sub-pixel log-fluxes (N, s, s, h, w), floored at EXP_FLOOR, summed over each pixel: (N, h, w)."""
-    flux = log_flux.clamp_min_(EXP_FLOOR).exp_()
-    # a copy either way: the caller reuses the buffer for the next component
-    return flux.view(-1, h, w).clone() if s == 1 else flux.view(-1, s * s, h * w).sum(1).view(-1, h, w)
+def _exp2_binned(log2_flux, out):
+    """2^ of sub-pixel log2-fluxes (N, s, s, h, w), floored at EXP2_FLOOR, summed over each pixel into out (N, h, w)."""
+    n, h, w = out.shape
+    flux = log2_flux.clamp_min_(EXP2_FLOOR)
+    if flux.numel() == out.numel():   # one sample per pixel
+        torch.exp2(flux.view(n, h, w), out=out)
+    else:
+        torch.sum(flux.exp2_().view(n, -1, h, w), 1, out=out)
 
 
 CHUNK_POINTS = 1 << 16   # sub-pixels per unit_fluxes call: its ~6 live buffers stay in a core's L2 cache
@@ -358,11 +366,13 @@ def _render_cells(k, p, idx, lo_x, lo_y, npix, ss, settings):
     gx, gy = _cell_grid(npix, ss, settings, idx.device)
     cells = cell_constants({key: v[idx] for key, v in k.items()}, _cell_origin(lo_x, settings, p["lens_x_arcsec"][idx]),
                            _cell_origin(lo_y, settings, p["lens_y_arcsec"][idx]), (settings.pixel_scale_arcsec / ss) ** 2)
-    out = []
+    names = [key for key in cells if key != "n_clumps"]
+    table = torch.stack([cells[key] for key in names], 1)   # (N, K, 1, 1, 1, 1): one slice per chunk
+    out = table.new_empty((len(idx), 1 + cells["n_clumps"], npix, npix))
     for lo in range(0, len(idx), per_chunk):
-        part = slice(lo, lo + per_chunk)
-        out.append(unit_fluxes(gx, gy, {key: v if isinstance(v, int) else v[part] for key, v in cells.items()}))
-    return torch.cat(out)
+        rows = dict(zip(names, table[lo:lo + per_chunk].unbind(1)), n_clumps=cells["n_clumps"])
+        unit_fluxes(gx, gy, rows, out[lo:lo + per_chunk])
+    return out
 
 
 def render_unit_components(p: dict, settings: RenderSettings, source_images=None,
@@ -402,16 +412,30 @@ def render_unit_components(p: dict, settings: RenderSettings, source_images=None
     if size % tile_pix:
         tile_pix = size
     n_tiles = size // tile_pix
-    tiles = coarse.view(n_b, coarse.shape[1], n_tiles, tile_pix, n_tiles, tile_pix)
-    tile_max = torch.nn.functional.max_pool2d(coarse, tile_pix)   # (B, C, n_tiles, n_tiles)
+    # (B, C, n_tiles, n_tiles): over each tile's rows (whole image rows at a time), then its columns; 6x faster
+    # than max_pool2d
+    n_c = coarse.shape[1]
+    tile_max = coarse.view(n_b, n_c, n_tiles, tile_pix, size).amax(3).view(n_b, n_c, n_tiles, n_tiles, tile_pix).amax(4)
     peak = tile_max.amax(dim=(2, 3))[:, :, None, None]  # (B, C, 1, 1)
     hot = (tile_max > settings.refine_rel * peak).any(dim=1)  # (B, n_tiles, n_tiles)
-    # grow by one tile: a thin arc can slip between the coarse samples of a neighbouring tile
-    hot = torch.nn.functional.max_pool2d(hot[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
-    b_idx, ty, tx = torch.nonzero(hot, as_tuple=True)
+    # grow by one tile (3 x 3 neighbourhood): a thin arc can slip between the coarse samples of a neighbouring tile
+    hot = torch.nn.functional.pad(hot.to(torch.uint8), (1, 1, 1, 1))
+    hot = hot[:, :-2] | hot[:, 1:-1] | hot[:, 2:]
+    b_idx, ty, tx = torch.nonzero(hot[:, :, :-2] | hot[:, :, 1:-1] | hot[:, :, 2:], as_tuple=True)
     if b_idx.numel():
-        tiles[b_idx, :, ty, :, tx, :] = draw(b_idx, tx * tile_pix, ty * tile_pix, tile_pix, ss)
+        # the refined tiles' pixels in the flattened batch: first pixel + (component, row, column) offsets
+        first = (b_idx * n_c * size + ty * tile_pix) * size + tx * tile_pix
+        within = _cell_offsets(n_c, tile_pix, size, device)
+        coarse.view(-1).index_copy_(0, (first[:, None] + within).view(-1),
+                                    draw(b_idx, tx * tile_pix, ty * tile_pix, tile_pix, ss).view(-1))
     return coarse
+
+
+@functools.lru_cache(maxsize=8)
+def _cell_offsets(n_components: int, npix: int, size: int, device):
+    """Offsets (C * npix * npix,) of a cell's pixels from its first pixel in a (C, size, size) stamp."""
+    c, y, x = torch.meshgrid(*(torch.arange(k, device=device) for k in (n_components, npix, npix)), indexing="ij")
+    return ((c * size + y) * size + x).reshape(-1)
 
 
 def render_arcs(p: dict, settings: RenderSettings, clump_flux_nmgy=None, source_images=None,
