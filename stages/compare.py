@@ -24,7 +24,7 @@ from darkhalo.eval.compare_summary import headline_summary, plot_tables
 from darkhalo.eval.judgement import judge
 from darkhalo.core.outputs import atomic_write_bytes, run_stage, write_json
 from darkhalo.core.params import load_params, section
-from darkhalo.ml.training import seed_file_name, train_config
+from darkhalo.ml.config import seed_file_name, train_config
 
 
 def read_optional(path: Path) -> dict:

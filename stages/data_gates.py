@@ -38,7 +38,7 @@ from darkhalo.core.outputs import run_stage
 from darkhalo.core.params import ParamError, load_params, section
 from darkhalo.physics.normalize import Normalization
 from darkhalo.sim.split import GENERATION_SPLITS, SPLITS, declared_over, split_config
-from darkhalo.ml.training import train_config
+from darkhalo.ml.config import train_config
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 

@@ -34,7 +34,7 @@ from darkhalo.core.params import load_params
 from darkhalo.core.runtime import runtime_config
 from darkhalo.eval.selection import selection_function
 from darkhalo.sim.survey import survey_config
-from darkhalo.ml.training import seed_file_name, train_config
+from darkhalo.ml.config import seed_file_name, train_config
 
 SEED_SPREAD_KEYS = (("auc", ("roc", "auc")), ("completeness", ("completeness_at_threshold", "rate")),
                     ("hard_negative_fpr", ("hard_negative_fpr", "rate")))

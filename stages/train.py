@@ -26,8 +26,9 @@ from darkhalo.core.outputs import atomic_dir, run_stage, write_json
 from darkhalo.core.params import load_params
 from darkhalo.core.stats import rate_with_interval
 from darkhalo.sim.survey import survey_config
+from darkhalo.ml.config import seed_file_name, train_config
 from darkhalo.ml.training import (MetadataTransform, checkpoint_dict, distributed_context, load_stamps,
-                               mix_hard_negatives, seed_file_name, take, train_config, train_model)
+                               mix_hard_negatives, take, train_model)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -109,6 +109,45 @@ def copy_project(root: Path, params: dict) -> None:
     write_params(root / "params.yaml", params)
 
 
+def run_command(cmd, cwd, timeout: float = 900) -> str:
+    """Run ``cmd`` in ``cwd`` with the venv's tools first on PATH and analytics off; stdout + stderr.
+
+    A non-zero exit fails the test with the command's output tail."""
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "true", "GX_ANALYTICS_ENABLED": "false"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout + result.stderr
+
+
+def init_repo(root: Path, message: str) -> Path:
+    """Make ``root`` a git + DVC repository with everything in it committed; returns ``root``."""
+    run_command(["git", "init", "-q"], root)
+    run_command(["git", "config", "user.email", "ci@example.org"], root)
+    run_command(["git", "config", "user.name", "ci"], root)
+    run_command([sys.executable, "-m", "dvc", "init", "-q"], root)
+    run_command(["git", "add", "-A"], root)
+    run_command(["git", "commit", "-qm", message], root)
+    return root
+
+
+def pipeline_params() -> dict:
+    """Tiny params for the whole pipeline: few parents, defects at the survey's default rates, the
+    integrity gates blocking, tolerances suited to ~100 parents (fractions move in steps of one region)."""
+    params = tiny_params(n_parents=96, n_sky_patches=24, shard_rows=48, nan_stamp_frac=0.003,
+                         missing_band_frac=0.002, masked_stamp_frac=0.1)
+    params["gates"].update(split_fraction_tolerance=0.2, max_quarantine_frac=0.05)
+    params["hard_negatives"]["n_per_class"] = 10
+    return params
+
+
+def make_project(tmp_path: Path) -> Path:
+    """A git + DVC repository holding this project's pipeline with ``pipeline_params``."""
+    root = tmp_path / "project"
+    copy_project(root, pipeline_params())
+    return init_repo(root, "tiny project")
+
+
 SPLIT_OF_PIXEL_PARITY = ("train", "val", "test", "guard")
 
 

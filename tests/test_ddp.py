@@ -8,7 +8,8 @@ import torch.multiprocessing as mp
 
 from darkhalo.ml.models import build_model
 from darkhalo.core.rng import keyed_rng
-from darkhalo.ml.training import StampSet, TrainConfig, train_model
+from darkhalo.ml.config import TrainConfig
+from darkhalo.ml.training import StampSet, train_model
 
 
 def tiny_set(n: int, seed: int) -> StampSet:

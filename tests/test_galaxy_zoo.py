@@ -7,8 +7,6 @@ catalogue (gz_decals_volunteers_5.csv): iauname, ra, dec, petro_th50,
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import healpy as hp
@@ -16,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import cutout_fits_bytes, write_params
+from conftest import cutout_fits_bytes, run_command, write_params
 from darkhalo.io import galaxy_zoo
 from darkhalo.io.dataset import read_table
 from darkhalo.core.params import ParamError
@@ -99,13 +97,6 @@ def test_bad_catalogues_fail_naming_file_row_and_column(tmp_path):
         gz_config(cutout={"timeout_s": -1.0})
 
 
-def run(cmd, cwd):
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "true"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
 def test_dvc_import_url_brings_in_and_versions_the_catalogue(local_http_server, tmp_path):
     frame = gz_fixture(hn_params())
     first = frame.to_csv(index=False).encode()
@@ -113,10 +104,10 @@ def test_dvc_import_url_brings_in_and_versions_the_catalogue(local_http_server, 
     base, routes = local_http_server({CSV_PATH: [(200, first, 0.0)]})
     repo = tmp_path / "repo"
     (repo / "data" / "external").mkdir(parents=True)
-    run(["git", "init", "-q"], repo)
-    run([sys.executable, "-m", "dvc", "init", "-q"], repo)
+    run_command(["git", "init", "-q"], repo)
+    run_command([sys.executable, "-m", "dvc", "init", "-q"], repo)
     target = "data/external/gz_decals_volunteers_5.csv"
-    run([sys.executable, "-m", "dvc", "import-url", base + CSV_PATH, target], repo)
+    run_command([sys.executable, "-m", "dvc", "import-url", base + CSV_PATH, target], repo)
     assert (repo / target).read_bytes() == first
     dvc_file = (repo / (target + ".dvc")).read_text()
     assert base + CSV_PATH in dvc_file and "md5:" in dvc_file
@@ -124,7 +115,7 @@ def test_dvc_import_url_brings_in_and_versions_the_catalogue(local_http_server, 
     assert selection.num_rows == 18
     # a new upstream version arrives through `dvc update`, recorded in the .dvc file
     routes[CSV_PATH].answers = [(200, second, 0.0)]
-    run([sys.executable, "-m", "dvc", "update", target + ".dvc"], repo)
+    run_command([sys.executable, "-m", "dvc", "update", target + ".dvc"], repo)
     assert (repo / target).read_bytes() == second
     assert (repo / (target + ".dvc")).read_text() != dvc_file
 

@@ -12,7 +12,8 @@ from darkhalo.ml.inference import PreprocessingMismatch, Scorer
 from darkhalo.ml.models import build_model
 from darkhalo.physics.normalize import (DEFAULT_NORMALIZATION, RESIDUAL, Normalization, arc_snr_survival, core_mask,
                                 normalization_from_dict, normalize)
-from darkhalo.ml.training import MetadataTransform, StampSet, TrainConfig, checkpoint_dict, train_model
+from darkhalo.ml.config import TrainConfig
+from darkhalo.ml.training import MetadataTransform, StampSet, checkpoint_dict, train_model
 from test_gates_planted import audit, failed
 
 RESIDUAL_32 = Normalization(name=RESIDUAL, crop_pix=32)

@@ -23,7 +23,7 @@ from darkhalo.report.render import ReportConfig
 from darkhalo.core.runtime import Runtime, runtime_config
 from darkhalo.sim.split import SplitConfig, split_config
 from darkhalo.sim.survey import SurveyConfig, survey_config
-from darkhalo.ml.training import TrainConfig, train_config
+from darkhalo.ml.config import TrainConfig, train_config
 from stages.survey_gallery import GalleryConfig
 
 GENERATION_KEYS = ("arc_snr_target, gates_blocking, label, n_candidates, n_clumps, priors, replicates, "

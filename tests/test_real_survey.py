@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
-from conftest import copy_project, cutout_fits_bytes, tiny_params, write_params
+from conftest import copy_project, cutout_fits_bytes, init_repo, pipeline_params, run_command, tiny_params, write_params
 
 from darkhalo.io.dataset import content_hash, read_table, write_parquet
 from darkhalo.io.stamps import StampBatch, legacy_blobs, stamps_from_native
@@ -209,8 +209,6 @@ def add_survey_dep(root: Path, dep: str) -> None:
 
 def real_project(tmp_path: Path, params: dict, inputs: dict[str, bytes]) -> Path:
     """A git+DVC repository with this project's pipeline, ``params`` and input files (path -> bytes) as survey deps."""
-    from test_pipeline_dvc import init_repo, pipeline_params
-
     root = tmp_path / "project"
     base = pipeline_params()
     base["survey"].update(params)
@@ -223,8 +221,6 @@ def real_project(tmp_path: Path, params: dict, inputs: dict[str, bytes]) -> Path
 
 
 def test_dvc_repro_on_a_legacy_manifest_runs_the_whole_pipeline_then_is_cached(tmp_path):
-    from test_pipeline_dvc import pipeline_params, run
-
     survey_params = pipeline_params()["survey"]
     truth = embedded_survey(tmp_path, **{k: survey_params[k] for k in
                                          ("n_parents", "n_sky_patches", "shard_rows", "nan_stamp_frac",
@@ -233,24 +229,24 @@ def test_dvc_repro_on_a_legacy_manifest_runs_the_whole_pipeline_then_is_cached(t
     root = real_project(tmp_path, {"mode": "manifest", "manifest": "data/external/parents.parquet"},
                         {"data/external/parents.parquet": manifest.read_bytes()})
     dvc = [sys.executable, "-m", "dvc"]
-    first = run(dvc + ["repro"], root)
+    first = run_command(dvc + ["repro"], root)
     assert "Running stage 'survey'" in first and "Running stage 'report'" in first
     metrics = json.loads((root / "metrics" / "survey.json").read_text())
     assert metrics["source"]["mode"] == "manifest" and metrics["n_parents"] + metrics["source"]["dropped"] == 96
     for gen in ("gen5", "gen5p"):
         assert (root / "data" / "models" / gen / "model.pt").exists()
-    second = run(dvc + ["repro"], root)
+    second = run_command(dvc + ["repro"], root)
     assert "Running stage" not in second
     # the manifest is a dep: changing it reruns the survey
     path = root / "data/external/parents.parquet"
     write_parquet(read_table(str(path)).slice(0, 90), path)
-    status = run(dvc + ["status", "survey"], root)
+    status = run_command(dvc + ["status", "survey"], root)
     assert "modified:" in status and "data/external/parents.parquet" in status, status
 
 
-def test_dvc_repro_on_fetched_targets_runs_the_whole_pipeline_then_is_cached(tmp_path, local_http_server):
-    from test_pipeline_dvc import pipeline_params, run
-
+def test_dvc_repro_on_fetched_targets_passes_the_data_gates_then_is_cached(tmp_path, local_http_server):
+    """Fetched cutouts feed the pipeline through injection and the data contracts (the stages after them read
+    the survey schema that the legacy-manifest test above runs to the report)."""
     survey_params = pipeline_params()["survey"]
     truth = embedded_survey(tmp_path, **{k: survey_params[k] for k in ("n_parents", "n_sky_patches")},
                             nan_stamp_frac=0.0, missing_band_frac=0.0)
@@ -261,13 +257,13 @@ def test_dvc_repro_on_fetched_targets_runs_the_whole_pipeline_then_is_cached(tmp
     root = real_project(tmp_path, {k: params[k] for k in ("mode", "targets", "cutout", "cache_dir")},
                         {"data/external/targets.csv": targets.read_bytes()})
     dvc = [sys.executable, "-m", "dvc"]
-    out = run(dvc + ["repro"], root)
-    for stage in ("survey", "split", "inject@gen5", "train@gen5p", "evaluate@gen5p", "compare", "report"):
+    out = run_command(dvc + ["repro", "data_gates@gen5p"], root)
+    for stage in ("survey", "split", "hard_negatives", "inject@gen5p", "data_gates@gen5p"):
         assert f"Running stage '{stage}'" in out
     metrics = json.loads((root / "metrics" / "survey.json").read_text())
     assert metrics["source"]["cutouts"]["requested"] == 96 and metrics["source"]["cutouts"]["failed"] == 0
     assert routes[CUTOUT_PATH].hits == 96
-    summary = json.loads((root / "metrics" / "summary.json").read_text())
-    assert summary["benchmark"]["positives"] > 0 and "auc" in summary["gen5p"]
-    assert "Running stage" not in run(dvc + ["repro"], root)
+    gates = json.loads((root / "metrics" / "gen5p" / "data_gates.json").read_text())
+    assert gates["n_positive"] > 0 and gates["blocking_failed"] == [], gates["blocking_failed"]
+    assert "Running stage" not in run_command(dvc + ["repro", "data_gates@gen5p"], root)
     assert routes[CUTOUT_PATH].hits == 96                       # the second run fetched nothing

@@ -1,6 +1,6 @@
 """The review workflow on the real dvc.yaml: one tiny `dvc repro` (survey ... report), then the DVC
-commands a reviewer runs -- metrics show / diff, plots, status after a param or runtime change, a queued
-experiment.
+commands a reviewer runs -- metrics show / diff, plots, status after a param, code or runtime change, a queued
+experiment, a second training seed.
 
 The project is built once (shared by every test here, also across pytest-xdist workers, under a file
 lock); each test works in its own `git clone` with a copy of the DVC cache, so tests never share a
@@ -12,27 +12,17 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import copy_project, report_numbers_mismatching, review_params, write_params
-from test_pipeline_dvc import init_repo
+from conftest import copy_project, init_repo, report_numbers_mismatching, review_params, run_command, write_params
 
 UPSTREAM = {"survey", "survey_gallery", "split", "hard_negatives", "anchors", "inject@gen5", "inject@gen5p",
             "benchmark_injections", "benchmark", "data_gates@gen5", "data_gates@gen5p", "train@gen5", "evaluate@gen5"}
 GEN5P_AND_AFTER = {"train@gen5p", "evaluate@gen5p", "compare", "report"}
-
-
-def run(cmd, cwd, timeout=900) -> str:
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "true", "GX_ANALYTICS_ENABLED": "false"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result.stdout + result.stderr
 
 
 DVC = [sys.executable, "-m", "dvc"]
@@ -46,10 +36,10 @@ def build(root: Path) -> None:
     """A git + DVC repository with this project's pipeline and tiny params, reproduced and committed."""
     copy_project(root, review_params())
     init_repo(root, "tiny project")
-    output = run(DVC + ["repro"], root)
+    output = run_command(DVC + ["repro"], root)
     assert {"compare", "report"} <= ran_stages(output), output[-3000:]
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "baseline: both generations evaluated, compared, reported"], root)
+    run_command(["git", "add", "-A"], root)
+    run_command(["git", "commit", "-qm", "baseline: both generations evaluated, compared, reported"], root)
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +64,11 @@ def built(tmp_path_factory) -> Path:
 def clone(built, tmp_path) -> Path:
     """A private workspace: git clone of the built project plus a copy of its DVC cache, checked out."""
     root = tmp_path / "review"
-    run(["git", "clone", "-q", str(built), str(root)], tmp_path)
-    run(["git", "config", "user.email", "ci@example.org"], root)
-    run(["git", "config", "user.name", "ci"], root)
+    run_command(["git", "clone", "-q", str(built), str(root)], tmp_path)
+    run_command(["git", "config", "user.email", "ci@example.org"], root)
+    run_command(["git", "config", "user.name", "ci"], root)
     shutil.copytree(built / ".dvc" / "cache", root / ".dvc" / "cache")
-    run(DVC + ["checkout", "-q"], root)
+    run_command(DVC + ["checkout", "-q"], root)
     return root
 
 
@@ -93,8 +83,8 @@ def set_param(root: Path, dotted: str, value) -> None:
 
 
 def test_metrics_plots_and_report_cover_both_generations(clone):
-    assert "Data and pipelines are up to date" in run(DVC + ["status"], clone)
-    shown = json.loads(run(DVC + ["metrics", "show", "--json"], clone))
+    assert "Data and pipelines are up to date" in run_command(DVC + ["status"], clone)
+    shown = json.loads(run_command(DVC + ["metrics", "show", "--json"], clone))
     data = next(iter(shown.values()))["data"]
     assert sorted(data) == ["metrics/summary.json"]   # the headline; the detail JSONs are plain outs
     summary = data["metrics/summary.json"]["data"]
@@ -104,12 +94,12 @@ def test_metrics_plots_and_report_cover_both_generations(clone):
     detail["metrics/compare.json"] = json.loads((clone / "metrics" / "compare.json").read_text())
     assert detail["metrics/gen5/evaluate.json"]["benchmark_sha256"] == \
         detail["metrics/gen5p/evaluate.json"]["benchmark_sha256"] == detail["metrics/compare.json"]["benchmark_sha256"]
-    shown = json.loads(run(DVC + ["metrics", "show", "--json", "metrics/gen5p/evaluate.json"], clone))
+    shown = json.loads(run_command(DVC + ["metrics", "show", "--json", "metrics/gen5p/evaluate.json"], clone))
     assert "roc" in next(iter(shown.values()))["data"]["metrics/gen5p/evaluate.json"]["data"]   # any file on request
     compare = detail["metrics/compare.json"]
     assert (compare["baseline"], compare["candidate"]) == ("gen5", "gen5p") and compare["n_metrics"] > 20
     # one plot per curve holding both generations (top-level plots, generations from compare.*)
-    plots = json.loads(run(DVC + ["plots", "show", "--json"], clone))
+    plots = json.loads(run_command(DVC + ["plots", "show", "--json"], clone))
     assert not plots.get("errors"), plots.get("errors")
     for plot_id in ("roc", "completeness_theta_e", "completeness_arc_snr"):
         values = plots["data"][plot_id][0]["content"]["data"]["values"]
@@ -130,31 +120,72 @@ def test_metrics_plots_and_report_cover_both_generations(clone):
     assert (clone / "reports/remediation/gallery_gen5p_false_positives.png").exists()
 
 
+def test_repro_wrote_every_stage_output_and_reruns_nothing(clone):
+    """The tiny `dvc repro` ran every stage and wrote what a reviewer opens; in a fresh clone with the cache it is
+    a no-op (every stage's deps, params and outs are recorded in dvc.lock)."""
+    metrics = json.loads((clone / "metrics" / "survey.json").read_text())
+    assert metrics["n_parents"] == review_params()["survey"]["n_parents"]
+    assert (clone / "plots" / "survey_gallery.png").stat().st_size > 10_000
+    benchmark_sha = json.loads((clone / "metrics" / "benchmark.json").read_text())["sha256"]
+    for gen in ("gen5", "gen5p"):
+        evaluation = json.loads((clone / "metrics" / gen / "evaluate.json").read_text())
+        assert evaluation["benchmark_sha256"] == benchmark_sha
+        assert (clone / "data" / "models" / gen / "model.pt").exists()
+        assert evaluation["selection_function"]["n_cells"] == 36
+        assert (clone / "plots" / gen / "selection_function.csv").stat().st_size > 500
+    assert (clone / "reports" / "remediation" / "selection_function.png").stat().st_size > 10_000
+    assert "Running stage" not in run_command(DVC + ["repro"], clone)
+    assert "Data and pipelines are up to date" in run_command(DVC + ["status"], clone)
+
+
+def test_two_training_seeds_combine_into_compare_intervals(clone):
+    """train.seeds = 2: each generation trains and scores a second seed; compare's intervals take in the spread
+    (compare.min_units 2: the tiny benchmark's few HEALPix pixels leave every metric unresolvable at 10)."""
+    import torch
+
+    exp = run_command(DVC + ["exp", "run", "-S", "train.seeds=2", "-S", "compare.min_units=2"], clone)
+    assert "Running stage 'data_gates@gen5p'" not in exp and "Running stage 'train@gen5p'" in exp
+    first, second = (torch.load(clone / "data/models/gen5p" / name, weights_only=True)["state_dict"]
+                     for name in ("model.pt", "model_seed1.pt"))
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    assert (clone / "data/eval/gen5p/scores_seed1.parquet").exists()
+    assert json.loads((clone / "metrics/gen5p/train.json").read_text())["best_val_auc_seed_spread"]["n"] == 2
+    spread = json.loads((clone / "metrics/gen5p/evaluate.json").read_text())["seed_spread"]
+    assert spread["auc"]["n"] == 2 and len(spread["auc"]["per_seed"]) == 2
+    compare = json.loads((clone / "metrics/compare.json").read_text())
+    assert compare["n_seeds"] == 2
+    combined = [m for m in compare["metrics"].values() if "seed_diffs" in m]
+    assert combined
+    for m in combined:
+        assert len(m["seed_diffs"]) == 2 and m["diff"] == pytest.approx(sum(m["seed_diffs"]) / 2, abs=1e-5)
+        assert m["hi"] - m["lo"] >= m["bootstrap_hi"] - m["bootstrap_lo"] - 1e-5   # metrics rounded to 6 digits
+
+
 def test_gen5p_training_param_reruns_only_gen5p_training_and_after(clone):
     set_param(clone, "generations.gen5p.train.learning_rate", 0.0005)
-    stale = set(json.loads(run(DVC + ["status", "--json"], clone)))
+    stale = set(json.loads(run_command(DVC + ["status", "--json"], clone)))
     assert "train@gen5p" in stale and stale <= GEN5P_AND_AFTER and not stale & UPSTREAM, stale
-    output = run(DVC + ["repro"], clone)
+    output = run_command(DVC + ["repro"], clone)
     assert ran_stages(output) == GEN5P_AND_AFTER, output[-2000:]       # survey, split, injection, gen5: cached
-    run(["git", "add", "-A"], clone)
-    run(["git", "commit", "-qm", "gen5p: learning rate 5e-4"], clone)
-    diff = run(DVC + ["metrics", "diff", "HEAD~1", "--md"], clone)
+    run_command(["git", "add", "-A"], clone)
+    run_command(["git", "commit", "-qm", "gen5p: learning rate 5e-4"], clone)
+    diff = run_command(DVC + ["metrics", "diff", "HEAD~1", "--md"], clone)
     assert diff.startswith("| Path") and "| Change" in diff.splitlines()[0]
     rows = [[cell.strip() for cell in line.split("|")[1:3]] for line in diff.splitlines()[2:] if line.startswith("|")]
     assert {path for path, _ in rows} == {"metrics/summary.json"} and len(rows) < 60, diff   # the headline only
     moved = {metric.split(".")[0] for _, metric in rows}
     assert "gen5p" in moved and "gen5" not in moved, moved
-    detail = run(DVC + ["metrics", "diff", "HEAD~1", "--md", "--targets", "metrics/gen5p/train.json",
+    detail = run_command(DVC + ["metrics", "diff", "HEAD~1", "--md", "--targets", "metrics/gen5p/train.json",
                         "metrics/gen5p/evaluate.json", "metrics/gen5/evaluate.json", "metrics/survey.json"], clone)
     moved = {line.split("|")[1].strip() for line in detail.splitlines()[2:] if line.startswith("|")}
     assert moved == {"metrics/gen5p/train.json", "metrics/gen5p/evaluate.json"}, detail   # details on request
-    params = run(DVC + ["params", "diff", "HEAD~1", "--md"], clone)
+    params = run_command(DVC + ["params", "diff", "HEAD~1", "--md"], clone)
     assert "generations.gen5p.train.learning_rate" in params
-    overlay = json.loads(run(DVC + ["plots", "diff", "HEAD~1", "--json"], clone))
+    overlay = json.loads(run_command(DVC + ["plots", "diff", "HEAD~1", "--json"], clone))
     revs = {v["rev"] for v in overlay["data"]["roc"][0]["content"]["data"]["values"]}
     assert len(revs) == 2, revs
     # `make review BASE=HEAD~1`: the comment CI posts (verdict, headline diff, params diff, figures, provenance)
-    run([sys.executable, "-m", "darkhalo.report.review", "--base", "HEAD~1"], clone)
+    run_command([sys.executable, "-m", "darkhalo.report.review", "--base", "HEAD~1"], clone)
     text = (clone / "reports" / "review.md").read_text()
     lines = text.splitlines()
     assert lines[0] == "## Lens-finder review" and lines[2].startswith("**gen5p vs gen5** on the frozen benchmark")
@@ -165,11 +196,11 @@ def test_gen5p_training_param_reruns_only_gen5p_training_and_after(clone):
 
 
 def test_queued_gen5p_variant_runs_and_reports_its_metrics(clone):
-    out = run(DVC + ["exp", "run", "--queue", "-S", "generations.gen5p.train.hard_negative_frac=0.5", "-n", "hnf05"],
+    out = run_command(DVC + ["exp", "run", "--queue", "-S", "generations.gen5p.train.hard_negative_frac=0.5", "-n", "hnf05"],
               clone)
     assert "Queued experiment 'hnf05'" in out
-    run(DVC + ["exp", "run", "--run-all"], clone)
-    shown = json.loads(run(DVC + ["exp", "show", "--json"], clone))
+    run_command(DVC + ["exp", "run", "--run-all"], clone)
+    shown = json.loads(run_command(DVC + ["exp", "show", "--json"], clone))
     exps = [rev for entry in shown for exp in (entry.get("experiments") or []) for rev in exp["revs"]
             if rev.get("name") == "hnf05"]
     assert len(exps) == 1, json.dumps(shown)[:2000]
@@ -178,11 +209,11 @@ def test_queued_gen5p_variant_runs_and_reports_its_metrics(clone):
     assert sorted(data["metrics"]) == ["metrics/summary.json"]
     assert "auc" in data["metrics"]["metrics/summary.json"]["data"]["gen5p"]
     # the detail JSONs are committed in the experiment (cache: false outs)
-    train = json.loads(run(["git", "show", f"{exps[0]['rev']}:metrics/gen5p/train.json"], clone))
+    train = json.loads(run_command(["git", "show", f"{exps[0]['rev']}:metrics/gen5p/train.json"], clone))
     baseline = json.loads((clone / "metrics" / "gen5p" / "train.json").read_text())
     assert train["hard_negative_share_of_negatives"]["rate"] > baseline["hard_negative_share_of_negatives"]["rate"], \
         (train, baseline)
-    diff = run(DVC + ["exp", "diff", "HEAD", "hnf05", "--md"], clone)
+    diff = run_command(DVC + ["exp", "diff", "HEAD", "hnf05", "--md"], clone)
     assert "metrics/summary.json" in diff and "generations.gen5p.train.hard_negative_frac" in diff
     assert "| gen5." not in diff, diff
 
@@ -193,24 +224,24 @@ def test_runtime_settings_rerun_nothing(clone):
     for key, value in (("workers", 2), ("engine", "spark"), ("threads", 2), ("device", "cuda"),
                        ("cutout_workers", 9)):
         set_param(clone, f"runtime.{key}", value)
-    assert json.loads(run(DVC + ["status", "--json"], clone)) == {}
-    assert "Data and pipelines are up to date" in run(DVC + ["status"], clone)
+    assert json.loads(run_command(DVC + ["status", "--json"], clone)) == {}
+    assert "Data and pipelines are up to date" in run_command(DVC + ["status"], clone)
     set_param(clone, "inject.acceptance_bins", 30)   # arc-S/N sampling: the injection stages only
-    assert set(json.loads(run(DVC + ["status", "--json"], clone))) == \
+    assert set(json.loads(run_command(DVC + ["status", "--json"], clone))) == \
         {"inject@gen5", "inject@gen5p", "benchmark_injections"}
     set_param(clone, "inject.tile_pix", 8)           # rendering: also the anchors and evaluate's arc redraws
-    assert set(json.loads(run(DVC + ["status", "--json"], clone))) == \
+    assert set(json.loads(run_command(DVC + ["status", "--json"], clone))) == \
         {"inject@gen5", "inject@gen5p", "benchmark_injections", "anchors", "evaluate@gen5", "evaluate@gen5p"}
 
 
 def test_report_code_edit_reruns_only_the_report(clone):
     """Per-stage deps: a change to the report's template or rendering code marks `report` alone stale."""
-    assert json.loads(run(DVC + ["status", "--json"], clone)) == {}
+    assert json.loads(run_command(DVC + ["status", "--json"], clone)) == {}
     for edited in ("darkhalo/report/render.py", "darkhalo/report/templates/remediation.md.j2"):
         path = clone / edited
         original = path.read_text()
         path.write_text(original + ("\n# edited\n" if edited.endswith(".py") else "\n{# edited #}\n"))
-        assert set(json.loads(run(DVC + ["status", "--json"], clone))) == {"report"}, edited
+        assert set(json.loads(run_command(DVC + ["status", "--json"], clone))) == {"report"}, edited
         path.write_text(original)
 
 

@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
+from conftest import make_project
+
 from darkhalo.io.dataset import read_table, resolve_uri, write_hive
 from darkhalo.io.stamps import from_tensor_column
-from test_pipeline_dvc import make_project
 
 BUCKET = "dhs-test"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "moto-key", "AWS_SECRET_ACCESS_KEY": "moto-secret", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -12,7 +12,8 @@ import torch
 from conftest import write_params
 from darkhalo.ml.models import CheckpointMismatch, Gen5ConvNeXt, import_gen5_checkpoint
 from darkhalo.physics.normalize import DEFAULT_NORMALIZATION
-from darkhalo.ml.training import StampSet, load_stamps, train_config, train_model
+from darkhalo.ml.config import train_config
+from darkhalo.ml.training import StampSet, load_stamps, train_model
 from stages import benchmark, evaluate, inject, train
 
 

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import norm
-from scipy.stats import t as student_t
+from scipy.special import ndtri, stdtrit   # the normal and Student-t quantiles (scipy.stats' own kernels)
 
 
 def wilson_interval(successes, trials, confidence: float = 0.95):
     """Wilson score interval (lo, hi) for a binomial rate; (nan, nan) when trials = 0."""
     k = np.asarray(successes, dtype=np.float64)
     n = np.asarray(trials, dtype=np.float64)
-    z = norm.ppf(0.5 + confidence / 2.0)
+    z = ndtri(0.5 + confidence / 2.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         p = k / n
         centre = (p + z * z / (2 * n)) / (1 + z * z / n)
@@ -51,5 +50,5 @@ def mean_with_interval(values, confidence: float = 0.95) -> dict:
     if n < 2:
         return {"mean": mean, "lo": float("nan"), "hi": float("nan"), "sd": float("nan"), "n": n}
     sd = float(v.std(ddof=1))
-    half = float(student_t.ppf(0.5 + confidence / 2.0, n - 1)) * sd / np.sqrt(n)
+    half = float(stdtrit(n - 1, 0.5 + confidence / 2.0)) * sd / np.sqrt(n)
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "sd": sd, "n": n}

@@ -25,8 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ARCHITECTURES = ("resnet_small", "resnet18", "gen5_convnext", "core_flux_baseline")
-GEN5_METADATA = ("psfsize_r", "psfdepth_r")
+from darkhalo.ml.config import ARCHITECTURES, GEN5_METADATA
 
 
 class CheckpointMismatch(ValueError):

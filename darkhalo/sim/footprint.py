@@ -5,10 +5,12 @@ are clustered into ``n_patches`` random HEALPix NSIDE=32 pixels (as a real
 parent sample is, a few LRGs per square degree of sky actually observed), so
 region-disjoint splits have whole regions to assign.  The DES-like deep mode
 covers the approximate DES wide-field area.
+
+healpy is imported inside the functions that call it: at module level it loads matplotlib and
+astropy (~1.5 s) into every stage that only needs this module's constants.
 """
 from __future__ import annotations
 
-import healpy as hp
 import numpy as np
 
 DEC_MAX_DEG = 32.375
@@ -20,6 +22,7 @@ _FINE_ORDER = 10  # sub-pixels per patch: 4**10 (~6.4" wide at NSIDE 32768)
 
 def galactic_latitude_deg(ra_deg, dec_deg):
     """Galactic latitude b (deg) of equatorial (ICRS-like) positions."""
+    import healpy as hp
     _, b = hp.Rotator(coord=["C", "G"])(np.asarray(ra_deg, float), np.asarray(dec_deg, float), lonlat=True)
     return b
 
@@ -33,6 +36,7 @@ def in_dr10_footprint(ra_deg, dec_deg) -> np.ndarray:
 
 def footprint_patches(n_patches: int, rng: np.random.Generator) -> np.ndarray:
     """``n_patches`` distinct NSIDE=32 NESTED pixel indices inside the footprint."""
+    import healpy as hp
     pix = np.arange(hp.nside2npix(PATCH_NSIDE))
     ra, dec = hp.pix2ang(PATCH_NSIDE, pix, nest=True, lonlat=True)
     inside = in_dr10_footprint(ra, dec) & (dec < DEC_MAX_DEG - 1.0)   # patch centres 1 deg clear of the Dec edge
@@ -45,6 +49,7 @@ def footprint_patches(n_patches: int, rng: np.random.Generator) -> np.ndarray:
 
 def position_in_patch(patch_nest: int, rng: np.random.Generator) -> tuple[float, float]:
     """A uniformly random (ra_deg, dec_deg) inside one NSIDE=32 NESTED pixel."""
+    import healpy as hp
     nside_fine = PATCH_NSIDE * 2**_FINE_ORDER
     sub = int(patch_nest) * 4**_FINE_ORDER + int(rng.integers(4**_FINE_ORDER))
     ra, dec = hp.pix2ang(nside_fine, sub, nest=True, lonlat=True)

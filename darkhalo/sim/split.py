@@ -33,13 +33,15 @@ so the loss is auditable; consumers drop them.
 Rows of other tables (hard negatives, anchors) take the split of their pixel
 through ``read_split_map`` + ``attach_split``; a pixel the assignment table
 does not hold is ``"unassigned"``.
+
+healpy is imported inside the functions that call it: at module level it loads matplotlib and
+astropy (~1.5 s) into every stage that only needs this module's constants.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import healpy as hp
 import numpy as np
 import pyarrow as pa
 
@@ -119,6 +121,8 @@ def pixel_of(ra_deg: np.ndarray, dec_deg: np.ndarray, nside: int) -> np.ndarray:
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"{int(bad.sum())} positions are not valid sky coordinates "
                          f"(first: index {i}, ra={ra_deg[i]!r}, dec={dec_deg[i]!r})")
+    import healpy as hp
+
     return hp.ang2pix(nside, ra_deg, dec_deg, nest=True, lonlat=True).astype(np.int64)
 
 
@@ -128,6 +132,8 @@ def dilate(nside: int, pixels: np.ndarray, rings: int) -> np.ndarray:
     One step adds healpy's 8-neighbourhood (7 at the few corner pixels); the
     neighbour relation is symmetric, so "q within k rings of p" is too.
     """
+    import healpy as hp
+
     zone = np.unique(np.asarray(pixels, np.int64))
     for _ in range(rings):
         if zone.size == 0:
@@ -160,6 +166,7 @@ def region_of(pixels: np.ndarray, shift: int) -> np.ndarray:
 
 def units_of(nside: int, pixels: np.ndarray, rings: int, shift: int) -> np.ndarray:
     """Unit label (0..U-1) per unique sorted pixel: components of the within-``rings`` graph inside regions."""
+    import healpy as hp
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -265,6 +272,8 @@ def assignment_table(parent_id: np.ndarray, ra_deg: np.ndarray, dec_deg: np.ndar
 
 def summarise_split(table: pa.Table, config: SplitConfig, result: Assignment) -> dict:
     """Metrics: parents, pixels, area (deg^2, occupied pixels) and fractions per split; guard loss."""
+    import healpy as hp
+
     pixel_area = hp.nside2pixarea(config.nside, degrees=True)
     split = np.asarray(table.column("region_split").to_pylist(), dtype=object)
     pix = table.column("healpix_pixel").to_numpy()

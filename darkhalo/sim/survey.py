@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import healpy as hp
 import numpy as np
 import pyarrow as pa
 
@@ -294,6 +293,8 @@ CATALOGUE_FIELDS = (
 
 def summarise_survey(catalogue: pa.Table) -> dict:
     """Metrics of a survey catalogue (no pixels needed): sizes, mixes, conditions, defects."""
+    import healpy as hp   # here: at module level healpy loads matplotlib + astropy into every stage (~1.5 s)
+
     cols = {name: catalogue.column(name).to_numpy(zero_copy_only=False) for name in catalogue.column_names}
     n = len(cols["parent_id"])
     def fractions(values):
