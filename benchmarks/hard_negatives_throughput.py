@@ -21,11 +21,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-from scipy.signal import fftconvolve  # noqa: E402
 
 from darkhalo.sim.hard_negatives import HardNegativesConfig, simulate_hard_negatives  # noqa: E402
 from darkhalo.physics.profiles import pixel_coords_arcsec  # noqa: E402
-from darkhalo.physics.psf import moffat_kernels  # noqa: E402
+from darkhalo.physics.psf import convolve_moffat  # noqa: E402
 from darkhalo.io.stamps import stamps_from_native  # noqa: E402
 from darkhalo.sim.survey import SurveyConfig, simulate_parents, sky_patches  # noqa: E402
 from darkhalo.physics.visibility import arc_visibility  # noqa: E402
@@ -38,8 +37,7 @@ def arc(flux_r, fwhm):
     x, y = pixel_coords_arcsec(64)
     shape = np.exp(-0.5 * ((np.hypot(x, y) - THETA_E) / 0.1) ** 2) * np.exp(-0.5 * (np.arctan2(y, x) / 0.5) ** 2)
     shape /= shape.sum()
-    return np.stack([fftconvolve(shape * flux_r * c, moffat_kernels([f], 64)[0], mode="same")
-                     for c, f in zip((0.9, 1.0, 0.85), fwhm)])
+    return convolve_moffat(np.stack([shape * flux_r * c for c in (0.9, 1.0, 0.85)]), np.asarray(fwhm))
 
 
 def main() -> None:
