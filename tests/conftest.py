@@ -109,6 +109,9 @@ def copy_project(root: Path, params: dict) -> None:
     write_params(root / "params.yaml", params)
 
 
+DVC = [sys.executable, "-m", "dvc"]   # the venv's DVC, whatever is first on PATH
+
+
 def run_command(cmd, cwd, timeout: float = 900) -> str:
     """Run ``cmd`` in ``cwd`` with the venv's tools first on PATH and analytics off; stdout + stderr.
 
@@ -125,7 +128,7 @@ def init_repo(root: Path, message: str) -> Path:
     run_command(["git", "init", "-q"], root)
     run_command(["git", "config", "user.email", "ci@example.org"], root)
     run_command(["git", "config", "user.name", "ci"], root)
-    run_command([sys.executable, "-m", "dvc", "init", "-q"], root)
+    run_command(DVC + ["init", "-q"], root)
     run_command(["git", "add", "-A"], root)
     run_command(["git", "commit", "-qm", message], root)
     return root

@@ -6,7 +6,7 @@ import copy
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, init_repo, run_command
 from darkhalo.eval.ablation import queue_commands
 from darkhalo.core.params import ParamError
 
@@ -37,14 +37,7 @@ def test_a_mistyped_key_is_refused_before_anything_is_queued():
 
 def test_collect_reads_the_finished_experiments_and_says_not_measured_for_the_rest(tmp_path, monkeypatch):
     """A real `dvc exp run` in a scratch repo: collect finds its ref and diffs it against its base commit."""
-    import os
-    import subprocess
-
     from darkhalo.eval.ablation import collect
-
-    def run(*args):
-        subprocess.run(args, cwd=tmp_path, check=True, capture_output=True,
-                       env={**os.environ, "DVC_NO_ANALYTICS": "true"})
 
     params = {"gen5p_frac": 0.2, "compare": {"candidate": "gen5p"},
               "ablation": {"no_hard_negatives": {"gen5p_frac": 0.0}, "no_residual_input": {"gen5p_frac": 0.5}}}
@@ -56,14 +49,10 @@ def test_collect_reads_the_finished_experiments_and_says_not_measured_for_the_re
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"summary": {
         "cmd": "python write_summary.py", "deps": ["write_summary.py"], "params": ["gen5p_frac"],
         "metrics": [{"metrics/summary.json": {"cache": False}}]}}}))
-    run("git", "init", "-q")
-    run("git", "config", "user.email", "t@example.org")
-    run("git", "config", "user.name", "t")
-    run("dvc", "init", "-q")
-    run("dvc", "repro", "-q")
-    run("git", "add", "-A")
-    run("git", "commit", "-q", "-m", "base")
-    run("dvc", "exp", "run", "-q", "-n", "ablation-no_hard_negatives", "-S", "gen5p_frac=0.0")
+    init_repo(tmp_path, "scratch project")
+    for cmd in (["dvc", "repro", "-q"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "base"],
+                ["dvc", "exp", "run", "-q", "-n", "ablation-no_hard_negatives", "-S", "gen5p_frac=0.0"]):
+        run_command(cmd, tmp_path)
     monkeypatch.chdir(tmp_path)
     result = collect(params, "params.yaml", "gen5p")
     measured = result["variants"]["no_hard_negatives"]

@@ -8,6 +8,9 @@ docstring, on a line starting with ``REASON``.
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,17 @@ def test_a_long_module_states_why_it_is_one_module(path):
     assert any(line.strip().startswith(REASON) for line in doc.splitlines()), (
         f"{relative(path)} has {line_count(path)} lines (> {MAX_LINES}): split it along a seam or say why it is "
         f"one module in its docstring, on a line starting {REASON!r}")
+
+
+def test_stage_start_up_loads_torch_and_healpy_only_where_used():
+    """Every stage is a process of its own, so its imports are paid on every run: `data_gates` and `compare` parse the
+    train params from the torch-free ml/config.py, and healpy (which loads matplotlib and astropy) is imported inside
+    the functions that call it, so importing any stage loads no healpy (~1.5-5 s a stage)."""
+    code = ("import importlib, json, pkgutil, sys, stages, stages.data_gates, stages.compare\n"
+            "light = sorted({'torch', 'healpy'} & set(sys.modules))\n"
+            "for m in pkgutil.iter_modules(stages.__path__): importlib.import_module('stages.' + m.name)\n"
+            "print(json.dumps([light, 'healpy' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    light, healpy_loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert light == [], f"importing stages.data_gates and stages.compare loads {light}"
+    assert not healpy_loaded, "importing the stages loads healpy at module level"

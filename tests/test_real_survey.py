@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
-from conftest import copy_project, cutout_fits_bytes, init_repo, pipeline_params, run_command, tiny_params, write_params
+from conftest import (DVC, copy_project, cutout_fits_bytes, init_repo, pipeline_params, run_command, tiny_params,
+                      write_params)
 
 from darkhalo.io.dataset import content_hash, read_table, write_parquet
 from darkhalo.io.stamps import StampBatch, legacy_blobs, stamps_from_native
@@ -228,19 +228,18 @@ def test_dvc_repro_on_a_legacy_manifest_runs_the_whole_pipeline_then_is_cached(t
     manifest = legacy_manifest(tmp_path / "manifest.parquet", truth)
     root = real_project(tmp_path, {"mode": "manifest", "manifest": "data/external/parents.parquet"},
                         {"data/external/parents.parquet": manifest.read_bytes()})
-    dvc = [sys.executable, "-m", "dvc"]
-    first = run_command(dvc + ["repro"], root)
+    first = run_command(DVC + ["repro"], root)
     assert "Running stage 'survey'" in first and "Running stage 'report'" in first
     metrics = json.loads((root / "metrics" / "survey.json").read_text())
     assert metrics["source"]["mode"] == "manifest" and metrics["n_parents"] + metrics["source"]["dropped"] == 96
     for gen in ("gen5", "gen5p"):
         assert (root / "data" / "models" / gen / "model.pt").exists()
-    second = run_command(dvc + ["repro"], root)
+    second = run_command(DVC + ["repro"], root)
     assert "Running stage" not in second
     # the manifest is a dep: changing it reruns the survey
     path = root / "data/external/parents.parquet"
     write_parquet(read_table(str(path)).slice(0, 90), path)
-    status = run_command(dvc + ["status", "survey"], root)
+    status = run_command(DVC + ["status", "survey"], root)
     assert "modified:" in status and "data/external/parents.parquet" in status, status
 
 
@@ -256,8 +255,7 @@ def test_dvc_repro_on_fetched_targets_passes_the_data_gates_then_is_cached(tmp_p
     params["targets"] = "data/external/targets.csv"
     root = real_project(tmp_path, {k: params[k] for k in ("mode", "targets", "cutout", "cache_dir")},
                         {"data/external/targets.csv": targets.read_bytes()})
-    dvc = [sys.executable, "-m", "dvc"]
-    out = run_command(dvc + ["repro", "data_gates@gen5p"], root)
+    out = run_command(DVC + ["repro", "data_gates@gen5p"], root)
     for stage in ("survey", "split", "hard_negatives", "inject@gen5p", "data_gates@gen5p"):
         assert f"Running stage '{stage}'" in out
     metrics = json.loads((root / "metrics" / "survey.json").read_text())
@@ -265,5 +263,5 @@ def test_dvc_repro_on_fetched_targets_passes_the_data_gates_then_is_cached(tmp_p
     assert routes[CUTOUT_PATH].hits == 96
     gates = json.loads((root / "metrics" / "gen5p" / "data_gates.json").read_text())
     assert gates["n_positive"] > 0 and gates["blocking_failed"] == [], gates["blocking_failed"]
-    assert "Running stage" not in run_command(dvc + ["repro", "data_gates@gen5p"], root)
+    assert "Running stage" not in run_command(DVC + ["repro", "data_gates@gen5p"], root)
     assert routes[CUTOUT_PATH].hits == 96                       # the second run fetched nothing

@@ -1,4 +1,4 @@
-"""Training params of one generation (torch-free: the gates, compare and evaluate parse them without torch).
+"""Training params of one generation (torch-free: the data gates and compare parse them without loading torch).
 
 ``train:`` holds the defaults and ``generations.<name>.train`` overrides any of them
 (params.yaml); ``runtime.threads`` / ``runtime.device`` say how, never what, is trained.
@@ -11,7 +11,7 @@ from darkhalo.core.params import FRACTION, NON_NEGATIVE, POSITIVE, ParamError, b
 from darkhalo.core.runtime import runtime_config
 from darkhalo.physics.normalize import OUTER_ANNULUS_MAD, PREPROCESSINGS, Normalization
 
-ARCHITECTURES = ("resnet_small", "resnet18", "gen5_convnext", "core_flux_baseline")   # darkhalo/ml/models.py
+ARCHITECTURES = ("resnet_small", "resnet18", "gen5_convnext", "core_flux_baseline")   # each built by models.build_model
 GEN5_METADATA = ("psfsize_r", "psfdepth_r")   # the metadata the users' Gen5 model takes
 
 
