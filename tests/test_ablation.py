@@ -6,7 +6,7 @@ import copy
 import pytest
 import yaml
 
-from conftest import REPO, init_repo, run_command
+from conftest import DVC, REPO, init_repo, run_command
 from darkhalo.eval.ablation import queue_commands
 from darkhalo.core.params import ParamError
 
@@ -50,8 +50,8 @@ def test_collect_reads_the_finished_experiments_and_says_not_measured_for_the_re
         "cmd": "python write_summary.py", "deps": ["write_summary.py"], "params": ["gen5p_frac"],
         "metrics": [{"metrics/summary.json": {"cache": False}}]}}}))
     init_repo(tmp_path, "scratch project")
-    for cmd in (["dvc", "repro", "-q"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "base"],
-                ["dvc", "exp", "run", "-q", "-n", "ablation-no_hard_negatives", "-S", "gen5p_frac=0.0"]):
+    for cmd in (DVC + ["repro", "-q"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "base"],
+                DVC + ["exp", "run", "-q", "-n", "ablation-no_hard_negatives", "-S", "gen5p_frac=0.0"]):
         run_command(cmd, tmp_path)
     monkeypatch.chdir(tmp_path)
     result = collect(params, "params.yaml", "gen5p")

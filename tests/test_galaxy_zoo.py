@@ -7,14 +7,13 @@ catalogue (gz_decals_volunteers_5.csv): iauname, ra, dec, petro_th50,
 from __future__ import annotations
 
 import json
-import sys
 
 import healpy as hp
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import cutout_fits_bytes, run_command, write_params
+from conftest import DVC, cutout_fits_bytes, run_command, write_params
 from darkhalo.io import galaxy_zoo
 from darkhalo.io.dataset import read_table
 from darkhalo.core.params import ParamError
@@ -105,9 +104,9 @@ def test_dvc_import_url_brings_in_and_versions_the_catalogue(local_http_server, 
     repo = tmp_path / "repo"
     (repo / "data" / "external").mkdir(parents=True)
     run_command(["git", "init", "-q"], repo)
-    run_command([sys.executable, "-m", "dvc", "init", "-q"], repo)
+    run_command(DVC + ["init", "-q"], repo)
     target = "data/external/gz_decals_volunteers_5.csv"
-    run_command([sys.executable, "-m", "dvc", "import-url", base + CSV_PATH, target], repo)
+    run_command(DVC + ["import-url", base + CSV_PATH, target], repo)
     assert (repo / target).read_bytes() == first
     dvc_file = (repo / (target + ".dvc")).read_text()
     assert base + CSV_PATH in dvc_file and "md5:" in dvc_file
@@ -115,7 +114,7 @@ def test_dvc_import_url_brings_in_and_versions_the_catalogue(local_http_server, 
     assert selection.num_rows == 18
     # a new upstream version arrives through `dvc update`, recorded in the .dvc file
     routes[CSV_PATH].answers = [(200, second, 0.0)]
-    run_command([sys.executable, "-m", "dvc", "update", target + ".dvc"], repo)
+    run_command(DVC + ["update", target + ".dvc"], repo)
     assert (repo / target).read_bytes() == second
     assert (repo / (target + ".dvc")).read_text() != dvc_file
 
